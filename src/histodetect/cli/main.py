@@ -1,0 +1,69 @@
+"""Entry point of the `histodetect` command: parse, dispatch, turn user errors into one sentence."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from types import ModuleType
+
+from histodetect import __version__
+from histodetect.errors import HistodetectError
+
+# name -> module; each module defines HELP, add_arguments(parser) and run(args) -> int.
+COMMANDS = {
+    "synth": "histodetect.cli.synth",
+    "ingest": "histodetect.cli.ingest",
+    "inspect": "histodetect.cli.inspect",
+    "models": "histodetect.cli.models",
+    "train": "histodetect.cli.train",
+    "evaluate": "histodetect.cli.evaluate",
+    "predict": "histodetect.cli.predict",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser with one sub-command per entry of COMMANDS."""
+    parser = argparse.ArgumentParser(
+        prog="histodetect",
+        description="Find metastatic cancer in 96x96 H&E lymph-node patches.",
+    )
+    parser.add_argument("--version", action="version", version=f"histodetect {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module in _command_modules().items():
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(_run=module.run)
+    return parser
+
+
+def _command_modules() -> dict[str, ModuleType]:
+    modules = {}
+    for name, path in COMMANDS.items():
+        try:
+            modules[name] = importlib.import_module(path)
+        except ModuleNotFoundError as exc:
+            if exc.name != path:
+                raise
+    return modules
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status (2 for user errors, 130 when interrupted)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args))
+    except HistodetectError as exc:
+        print(f"histodetect {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            f"histodetect {args.command}: interrupted; nothing half-written was kept.",
+            file=sys.stderr,
+        )
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Reading, packing, checking and splitting patch data."""

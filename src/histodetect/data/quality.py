@@ -1,0 +1,144 @@
+"""Data quality: problems found at ingest, blank/outlier flags and exact-duplicate groups."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# Kinds of problem. Every one is named in the ingest summary; --strict fails on any of them.
+UNREADABLE = "unreadable"
+WRONG_SIZE = "wrong_size"
+NOT_RGB = "not_rgb"  # 16-bit, float or other modes that cannot be converted without guessing
+CONVERTED = "converted"  # grayscale/RGBA/palette turned into RGB: kept, but reported
+MISSING_LABEL = "missing_label"
+MISSING_IMAGE = "missing_image"
+BAD_LABEL = "bad_label"
+NAME_MISMATCH = "name_mismatch"  # a Kaggle file whose name is not the SHA-1 of its pixels
+CROSS_SPLIT_DUPLICATE = "cross_split_duplicate"
+
+# Outlier flags: thresholds on the grey level (mean of R, G, B; 0..255) of a whole patch.
+DARK_MEAN_MAX = 40.0
+BRIGHT_MEAN_MIN = 235.0
+UNIFORM_STD_MAX = 12.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with one input: where (`origin`, a path or id), what kind, and why."""
+
+    origin: str
+    kind: str
+    reason: str
+
+
+def flag_outliers(pixels: np.ndarray) -> list[str]:
+    """Flag blank or near-uniform patches.
+
+    Args:
+        pixels: uint8 (N, H, W, 3).
+
+    Returns:
+        One string per patch: ";"-joined flags among "dark" (mean grey < 40), "bright" (mean grey
+        > 235, background glass) and "uniform" (grey std < 12: no tissue texture); "" if clean.
+    """
+    grey = pixels.reshape(len(pixels), -1, 3).mean(axis=2, dtype=np.float32)
+    mean = grey.mean(axis=1)
+    std = grey.std(axis=1)
+    flags: list[str] = []
+    for m, s in zip(mean.tolist(), std.tolist(), strict=True):
+        names = []
+        if m < DARK_MEAN_MAX:
+            names.append("dark")
+        if m > BRIGHT_MEAN_MIN:
+            names.append("bright")
+        if s < UNIFORM_STD_MAX:
+            names.append("uniform")
+        flags.append(";".join(names))
+    return flags
+
+
+def duplicate_groups(ids: np.ndarray) -> np.ndarray:
+    """Group exact duplicates: int32 group index per patch, -1 for patches that occur once.
+
+    Groups are numbered 0.. in order of first appearance.
+    """
+    if len(ids) == 0:
+        return np.zeros(0, dtype=np.int32)
+    uniq, first, inverse, counts = np.unique(
+        ids, return_index=True, return_inverse=True, return_counts=True
+    )
+    groups = np.full(len(uniq), -1, dtype=np.int32)
+    dup = np.flatnonzero(counts > 1)
+    groups[dup[np.argsort(first[dup])]] = np.arange(len(dup), dtype=np.int32)
+    return groups[inverse]
+
+
+def cross_split_groups(dup_groups: np.ndarray, splits: np.ndarray) -> list[int]:
+    """Duplicate groups whose members sit in more than one split (a train/test leak)."""
+    seen: dict[int, set[str]] = {}
+    for g, s in zip(dup_groups.tolist(), splits.tolist(), strict=True):
+        if g >= 0:
+            seen.setdefault(g, set()).add(s)
+    return sorted(g for g, names in seen.items() if len(names) > 1)
+
+
+@dataclass
+class IngestReport:
+    """What ingest found and did; written as ingest_report.json and .md beside the store."""
+
+    source: str
+    format: str
+    problems: list[Problem] = field(default_factory=list)
+    dropped_duplicates: int = 0
+    dropped_outliers: int = 0
+    n_written: int = 0
+
+    def counts_by_kind(self) -> dict[str, int]:
+        """Number of problems of each kind."""
+        return dict(Counter(p.kind for p in self.problems))
+
+    def headline_lines(self) -> list[str]:
+        """What was written and dropped, and how many problems of each kind."""
+        lines = [f"Ingested {self.n_written} patches from {self.source} ({self.format})."]
+        if self.dropped_duplicates:
+            lines.append(f"Dropped {self.dropped_duplicates} exact duplicates (--drop-duplicates).")
+        if self.dropped_outliers:
+            lines.append(
+                f"Dropped {self.dropped_outliers} blank/outlier patches (--drop-outliers)."
+            )
+        if not self.problems:
+            lines.append("No problems found.")
+        else:
+            by_kind = ", ".join(f"{k}: {n}" for k, n in sorted(self.counts_by_kind().items()))
+            lines.append(f"{len(self.problems)} problems ({by_kind}).")
+        return lines
+
+    def summary_lines(self, max_listed: int = 20) -> list[str]:
+        """The headline, then each problem (up to `max_listed`) with its origin and reason."""
+        lines = self.headline_lines()
+        lines += [f"  {p.origin}: {p.reason}" for p in self.problems[:max_listed]]
+        if len(self.problems) > max_listed:
+            lines.append(f"  ... and {len(self.problems) - max_listed} more in ingest_report.md")
+        return lines
+
+    def write(self, folder: Path) -> None:
+        """Write ingest_report.json and ingest_report.md (every problem listed) into `folder`."""
+        data = {
+            "source": self.source,
+            "format": self.format,
+            "n_written": self.n_written,
+            "dropped_duplicates": self.dropped_duplicates,
+            "dropped_outliers": self.dropped_outliers,
+            "problem_counts": self.counts_by_kind(),
+            "problems": [asdict(p) for p in self.problems],
+        }
+        (folder / "ingest_report.json").write_text(json.dumps(data, indent=2))
+        md = ["# Ingest report", "", *self.headline_lines()]
+        if self.problems:
+            md += ["", "| origin | kind | reason |", "|---|---|---|"]
+            md += [f"| {p.origin} | {p.kind} | {p.reason} |" for p in self.problems]
+        (folder / "ingest_report.md").write_text("\n".join(md) + "\n")

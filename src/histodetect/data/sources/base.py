@@ -1,0 +1,121 @@
+"""What every reader yields: blocks of decoded patches with labels, splits, slides and origins."""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from histodetect.data.patch import PATCH_SIZE_PX
+from histodetect.data.quality import Problem
+from histodetect.data.sources.image_file import decode_image
+
+FILES_PER_TASK = 256
+"""Files one worker decodes per task: large enough that pickling overhead stays small."""
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """One image file to ingest, with what the listing knows about it."""
+
+    path: Path
+    label: int  # 1, 0, or -1 when unlabelled
+    split: str = ""
+    slide: str = ""
+
+
+@dataclass
+class Block:
+    """Decoded patches ready for the store, plus problems met while decoding them.
+
+    Attributes:
+        pixels: uint8 (n, 96, 96, 3).
+        labels: int8 (n,), -1 for unlabelled.
+        splits, slides, origins: one string each per patch.
+        problems: files of this block that were skipped or converted.
+    """
+
+    pixels: np.ndarray
+    labels: np.ndarray
+    splits: list[str]
+    slides: list[str]
+    origins: list[str]
+    problems: list[Problem] = field(default_factory=list)
+    n_inputs: int = 0  # inputs consumed (decoded or skipped), for progress bars
+
+
+class Source(ABC):
+    """A reader of one input layout. Listing problems are known before any decoding."""
+
+    format_name: str = ""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.problems: list[Problem] = []
+
+    @abstractmethod
+    def count(self) -> int:
+        """Number of inputs that will be read (for progress)."""
+
+    @abstractmethod
+    def iter_blocks(self, workers: int) -> Iterator[Block]:
+        """Yield decoded blocks in a deterministic order."""
+
+
+class FileListSource(Source):
+    """A source made of image files (Kaggle tifs, class folders, CSV lists), decoded in parallel."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.entries: list[FileEntry] = []
+
+    def count(self) -> int:
+        return len(self.entries)
+
+    def iter_blocks(self, workers: int) -> Iterator[Block]:
+        chunks = [
+            self.entries[i : i + FILES_PER_TASK]
+            for i in range(0, len(self.entries), FILES_PER_TASK)
+        ]
+        if workers <= 1 or len(chunks) <= 1:
+            yield from map(decode_entries, chunks)
+            return
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            # map keeps order, so stores are identical whatever the number of workers.
+            yield from pool.map(decode_entries, chunks)
+
+
+def decode_entries(entries: Sequence[FileEntry]) -> Block:
+    """Decode a list of files into one Block (runs in a worker process)."""
+    pixels = np.empty((len(entries), PATCH_SIZE_PX, PATCH_SIZE_PX, 3), dtype=np.uint8)
+    keep: list[FileEntry] = []
+    problems: list[Problem] = []
+    for entry in entries:
+        decoded = decode_image(entry.path)
+        if decoded.problem is not None:
+            problems.append(decoded.problem)
+        if decoded.pixels is not None:
+            pixels[len(keep)] = decoded.pixels
+            keep.append(entry)
+    return Block(
+        pixels=pixels[: len(keep)],
+        labels=np.array([e.label for e in keep], dtype=np.int8),
+        splits=[e.split for e in keep],
+        slides=[e.slide for e in keep],
+        origins=[str(e.path) for e in keep],
+        problems=problems,
+        n_inputs=len(entries),
+    )
+
+
+def default_workers() -> int:
+    """Decoding processes to use: one per CPU core available to this process."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)

@@ -1,0 +1,35 @@
+"""Reader for a CSV of path,label[,split][,slide] (paths relative to the CSV's folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from histodetect.data.quality import MISSING_IMAGE, Problem
+from histodetect.data.sources.base import FileEntry, FileListSource
+from histodetect.data.sources.labels_csv import parse_label, read_csv_rows
+
+
+class CsvListSource(FileListSource):
+    """Images listed in a CSV with columns `path,label` and optional `split`, `slide`.
+
+    An empty label means unlabelled (for example a set to predict on); a label other than 0/1
+    and a path that does not exist are reported as problems and skipped.
+    """
+
+    format_name = "csv"
+
+    def __init__(self, csv_path: Path) -> None:
+        super().__init__(csv_path)
+        base = csv_path.parent
+        for line, row in enumerate(read_csv_rows(csv_path, ("path", "label")), start=2):
+            origin = f"{csv_path.name}:{line}"
+            path = Path(row["path"])
+            path = path if path.is_absolute() else base / path
+            if not path.is_file():
+                self.problems.append(Problem(origin, MISSING_IMAGE, f"no image at {path}"))
+                continue
+            label = parse_label(row["label"], origin, self.problems)
+            if label is not None:
+                self.entries.append(
+                    FileEntry(path, label, row.get("split", ""), row.get("slide", ""))
+                )

@@ -1,0 +1,34 @@
+"""Shared fixtures: tiny generated images and datasets in tmp_path, and the real shared data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("HISTODETECT_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real sample data not found at {SHARED_DATA} (set HISTODETECT_SHARED_DATA)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def subset_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The 23,000-patch pcam-subset ingested once per test session."""
+    from histodetect.data.ingest import IngestOptions, ingest
+
+    out = tmp_path_factory.mktemp("subset") / "store"
+    store, _ = ingest(shared_data / "pcam-subset", out, IngestOptions(progress=False))
+    return store

@@ -1,0 +1,78 @@
+"""Decoding single image files: every bad input is named with a reason, never a crash."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histodetect.data.quality import CONVERTED, NOT_RGB, UNREADABLE, WRONG_SIZE
+from histodetect.data.sources.image_file import decode_image
+from imagefiles import random_patch, save_image, save_tif
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff"])
+def test_lossless_rgb_round_trips(tmp_path: Path, rng: np.random.Generator, suffix: str) -> None:
+    pixels = random_patch(rng)
+    path = save_image(tmp_path / f"a{suffix}", pixels)
+    decoded = decode_image(path)
+    assert decoded.problem is None
+    assert decoded.pixels is not None and np.array_equal(decoded.pixels, pixels)
+
+
+def test_jpeg_decodes_close_to_original(tmp_path: Path) -> None:
+    smooth = np.tile(np.linspace(0, 255, 96, dtype=np.uint8)[None, :, None], (96, 1, 3))
+    decoded = decode_image(save_image(tmp_path / "a.jpg", smooth))
+    assert decoded.problem is None and decoded.pixels is not None
+    assert np.abs(decoded.pixels.astype(int) - smooth).mean() < 3
+
+
+def test_grayscale_is_converted_and_reported(tmp_path: Path, rng: np.random.Generator) -> None:
+    grey = rng.integers(0, 256, (96, 96), dtype=np.uint8)
+    decoded = decode_image(save_image(tmp_path / "g.png", grey))
+    assert decoded.problem is not None and decoded.problem.kind == CONVERTED
+    assert "grayscale" in decoded.problem.reason
+    assert decoded.pixels is not None
+    assert np.array_equal(decoded.pixels[..., 0], grey) and np.array_equal(
+        decoded.pixels[..., 2], grey
+    )
+
+
+def test_rgba_is_converted_and_reported(tmp_path: Path, rng: np.random.Generator) -> None:
+    rgba = rng.integers(0, 256, (96, 96, 4), dtype=np.uint8)
+    decoded = decode_image(save_image(tmp_path / "a.png", rgba))
+    assert decoded.problem is not None and decoded.problem.kind == CONVERTED
+    assert "alpha" in decoded.problem.reason
+    assert decoded.pixels is not None and np.array_equal(decoded.pixels, rgba[..., :3])
+
+
+def test_16bit_grey_and_rgb_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    grey16 = rng.integers(0, 65535, (96, 96), dtype=np.uint16)
+    rgb16 = rng.integers(0, 65535, (96, 96, 3), dtype=np.uint16)
+    for path in (save_image(tmp_path / "g16.png", grey16), save_tif(tmp_path / "c16.tif", rgb16)):
+        decoded = decode_image(path)
+        assert decoded.pixels is None, path
+        assert decoded.problem is not None and decoded.problem.kind == NOT_RGB
+        assert "8-bit" in decoded.problem.reason
+
+
+def test_corrupt_and_truncated_files_are_unreadable(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    garbage = tmp_path / "x.png"
+    garbage.write_bytes(b"not an image at all")
+    good = save_image(tmp_path / "t.png", random_patch(rng)).read_bytes()
+    truncated = tmp_path / "t2.png"
+    truncated.write_bytes(good[: len(good) // 2])
+    for path in (garbage, truncated):
+        decoded = decode_image(path)
+        assert decoded.pixels is None
+        assert decoded.problem is not None and decoded.problem.kind == UNREADABLE
+        assert decoded.problem.origin == str(path)
+
+
+def test_wrong_size_is_refused_with_sizes(tmp_path: Path, rng: np.random.Generator) -> None:
+    decoded = decode_image(save_image(tmp_path / "big.png", random_patch(rng, 128)))
+    assert decoded.pixels is None
+    assert decoded.problem is not None and decoded.problem.kind == WRONG_SIZE
+    assert "128x128" in decoded.problem.reason and "96x96" in decoded.problem.reason
+    assert decode_image(tmp_path / "big.png", expected_px=None).pixels is not None

@@ -1,0 +1,93 @@
+"""Ingest end to end on generated layouts: reports, strict mode, dropping, duplicates, flags."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histodetect.data.ingest import IngestOptions, ingest
+from histodetect.data.quality import CROSS_SPLIT_DUPLICATE, duplicate_groups, flag_outliers
+from histodetect.errors import HistodetectError
+from imagefiles import make_kaggle, make_pcam, random_patch, save_image
+
+QUIET = {"progress": False, "workers": 1}
+
+
+def _folders_with_duplicates(
+    root: Path, rng: np.random.Generator, cross_split: bool = False
+) -> None:
+    dup = random_patch(rng)
+    save_image(root / "train" / "1" / "a.png", dup)
+    save_image(root / "train" / "1" / "b.png", dup)
+    save_image(root / ("valid" if cross_split else "train") / "1" / "c.png", dup)
+    save_image(root / "train" / "0" / "d.png", random_patch(rng))
+    save_image(root / "valid" / "0" / "e.png", np.full((96, 96, 3), 250, np.uint8))  # blank glass
+    save_image(root / "valid" / "1" / "f.png", random_patch(rng))
+
+
+def test_duplicates_are_grouped_and_blank_flagged(tmp_path: Path, rng: np.random.Generator) -> None:
+    _folders_with_duplicates(tmp_path / "src", rng)
+    store, report = ingest(tmp_path / "src", tmp_path / "store", IngestOptions(**QUIET))
+    m = store.manifest
+    assert len(store) == 6 and store.header["n_duplicate_groups"] == 1
+    assert (m.dup_groups >= 0).sum() == 3
+    assert m.flags[m.origins == str(tmp_path / "src/valid/0/e.png")][0] == "bright;uniform"
+    assert not report.problems
+    assert json.loads((store.root / "ingest_report.json").read_text())["n_written"] == 6
+
+
+def test_drop_duplicates_and_outliers(tmp_path: Path, rng: np.random.Generator) -> None:
+    _folders_with_duplicates(tmp_path / "src", rng)
+    opts = IngestOptions(drop_duplicates=True, drop_outliers=True, **QUIET)
+    store, report = ingest(tmp_path / "src", tmp_path / "store", opts)
+    assert len(store) == 3 and report.dropped_duplicates == 2 and report.dropped_outliers == 1
+    assert len(set(store.manifest.ids)) == 3
+
+
+def test_cross_split_duplicates_are_reported(tmp_path: Path, rng: np.random.Generator) -> None:
+    _folders_with_duplicates(tmp_path / "src", rng, cross_split=True)
+    _, report = ingest(tmp_path / "src", tmp_path / "store", IngestOptions(**QUIET))
+    assert [p.kind for p in report.problems] == [CROSS_SPLIT_DUPLICATE]
+    assert "train, valid" in report.problems[0].reason
+
+
+def test_problems_are_summarised_and_strict_leaves_no_store(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    make_kaggle(tmp_path / "k", rng, n_train=4, n_test=1)
+    (tmp_path / "k" / "train" / "broken.tif").write_bytes(b"junk")
+    with (tmp_path / "k" / "train_labels.csv").open("a") as f:
+        f.write("broken,1\n")
+    store, report = ingest(tmp_path / "k", tmp_path / "store", IngestOptions(**QUIET))
+    assert len(store) == 5
+    summary = "\n".join(report.summary_lines())
+    assert "broken.tif" in summary and "cannot be read" in summary
+    assert "broken.tif" in (store.root / "ingest_report.md").read_text()
+
+    with pytest.raises(HistodetectError, match="--strict: 1 problems"):
+        ingest(tmp_path / "k", tmp_path / "strict", IngestOptions(strict=True, **QUIET))
+    assert not any(p.name.startswith((".strict", "strict")) for p in tmp_path.iterdir())
+
+
+def test_parallel_ingest_equals_serial(tmp_path: Path, rng: np.random.Generator) -> None:
+    for i in range(600):  # more than one task of 256 files
+        save_image(tmp_path / "src" / str(i % 2) / f"{i:04d}.png", random_patch(rng))
+    serial, _ = ingest(tmp_path / "src", tmp_path / "a", IngestOptions(progress=False, workers=1))
+    parallel, _ = ingest(tmp_path / "src", tmp_path / "b", IngestOptions(progress=False, workers=2))
+    assert serial.fingerprint == parallel.fingerprint
+    assert np.array_equal(serial.pixels, parallel.pixels)
+
+
+def test_pcam_gz_ingest_keeps_official_splits(tmp_path: Path, rng: np.random.Generator) -> None:
+    make_pcam(tmp_path / "p", rng, {"train": 6, "valid": 4, "test": 2}, gz=True)
+    store, _ = ingest(tmp_path / "p", tmp_path / "store", IngestOptions(**QUIET))
+    assert store.split_names == ["train", "valid", "test"] and store.has_slides
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "scratch left behind"
+
+
+def test_flag_outliers_and_duplicate_groups_units() -> None:
+    block = np.stack([np.zeros((96, 96, 3), np.uint8), np.full((96, 96, 3), 245, np.uint8)])
+    assert flag_outliers(block) == ["dark;uniform", "bright;uniform"]
+    groups = duplicate_groups(np.array(["b", "a", "b", "c", "a"]))
+    assert groups.tolist() == [0, 1, 0, -1, 1]

@@ -1,0 +1,80 @@
+"""Splits: official when given, slide-grouped when slides are known, stratified with a warning."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histodetect.data.splits import (
+    OptimisticSplitWarning,
+    check_no_leak,
+    choose_split,
+    slide_grouped_split,
+    stratified_split,
+)
+from histodetect.data.writer import StoreWriter
+from histodetect.errors import HistodetectError
+
+
+def _store(
+    tmp_path: Path,
+    rng: np.random.Generator,
+    splits: list[str],
+    slides: list[str],
+    dup: bool = False,
+):
+    n = len(splits)
+    pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+    if dup:
+        pixels[1] = pixels[0]
+    with StoreWriter(tmp_path / "s") as w:
+        w.add(pixels, [i % 2 for i in range(n)], splits, slides, ["o"] * n, [""] * n)
+        return w.finish({})
+
+
+def test_stratified_split_keeps_balance_and_is_seeded() -> None:
+    labels = np.array([0] * 60 + [1] * 40)
+    t, v = stratified_split(labels, 0.2, seed=3)
+    assert len(v) == 20 and labels[v].sum() == 8 and len(np.intersect1d(t, v)) == 0
+    assert np.array_equal(v, stratified_split(labels, 0.2, seed=3)[1])
+    assert not np.array_equal(v, stratified_split(labels, 0.2, seed=4)[1])
+
+
+def test_slide_grouped_split_never_shares_a_slide() -> None:
+    slides = np.array([f"s{i // 10}" for i in range(100)])
+    labels = np.array([(i // 10) % 2 for i in range(100)])
+    t, v = slide_grouped_split(labels, slides, 0.2, seed=0)
+    assert set(slides[t]).isdisjoint(slides[v]) and len(v) > 0 and len(t) > 0
+    with pytest.raises(HistodetectError, match="at least 2 slides"):
+        slide_grouped_split(labels, np.array(["one"] * 100), 0.2, seed=0)
+
+
+def test_choose_split_prefers_official(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = _store(tmp_path, rng, ["train"] * 8 + ["valid"] * 4, [""] * 12)
+    split = choose_split(store)
+    assert split.method == "official" and split.slide_disjoint
+    assert split.valid.tolist() == list(range(8, 12))
+
+
+def test_choose_split_groups_by_slide(tmp_path: Path, rng: np.random.Generator) -> None:
+    slides = [f"s{i % 6}" for i in range(30)]
+    store = _store(tmp_path, rng, ["train"] * 30, slides)
+    split = choose_split(store, valid_fraction=0.3)
+    assert split.method == "slide-grouped"
+    m = store.manifest
+    assert set(m.slides[split.train]).isdisjoint(m.slides[split.valid])
+
+
+def test_choose_split_warns_when_random(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = _store(tmp_path, rng, ["train"] * 20 + ["test"] * 4, [""] * 24)
+    with pytest.warns(OptimisticSplitWarning, match="optimistic"):
+        split = choose_split(store, valid_fraction=0.25)
+    assert split.method == "stratified-random" and not split.slide_disjoint
+    assert max(split.train.max(), split.valid.max()) < 20, "the test split must not be used"
+
+
+def test_leak_check_names_the_count(tmp_path: Path, rng: np.random.Generator) -> None:
+    store = _store(tmp_path, rng, ["train"] * 6, [""] * 6, dup=True)
+    check_no_leak(store, np.array([0, 2]), np.array([3, 4]))
+    with pytest.raises(HistodetectError, match="leak: 1 patches appear in both"):
+        check_no_leak(store, np.array([0, 2]), np.array([1, 4]))

@@ -1,0 +1,77 @@
+"""Writing tiny test images and datasets (imported by tests; pytest puts tests/ on the path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def random_patch(rng: np.random.Generator, size_px: int = 96) -> np.ndarray:
+    """A textured uint8 (size, size, 3) patch, distinct per call."""
+    return rng.integers(0, 256, size=(size_px, size_px, 3), dtype=np.uint8)
+
+
+def save_image(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
+    """Write pixels with Pillow (format from the suffix)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels, mode=mode).save(path) if mode else Image.fromarray(pixels).save(path)
+    return path
+
+
+def save_tif(path: Path, pixels: np.ndarray) -> Path:
+    """Write an uncompressed TIFF with tifffile (as Kaggle's files are)."""
+    import tifffile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, pixels)
+    return path
+
+
+def make_kaggle(
+    root: Path, rng: np.random.Generator, n_train: int = 6, n_test: int = 3
+) -> list[str]:
+    """A tiny Kaggle layout with correct SHA-1 names; returns the train ids in label order 0,1,0,1..."""
+    from histodetect.data.patch import patch_id
+
+    ids = []
+    lines = ["id,label"]
+    for i in range(n_train):
+        pixels = random_patch(rng)
+        pid = patch_id(pixels)
+        save_tif(root / "train" / f"{pid}.tif", pixels)
+        lines.append(f"{pid},{i % 2}")
+        ids.append(pid)
+    (root / "train_labels.csv").write_text("\n".join(lines) + "\n")
+    for _ in range(n_test):
+        pixels = random_patch(rng)
+        save_tif(root / "test" / f"{patch_id(pixels)}.tif", pixels)
+    return ids
+
+
+def make_pcam(
+    root: Path, rng: np.random.Generator, sizes: dict[str, int], gz: bool = False
+) -> None:
+    """PCam-named x/y .h5 files (optionally gzipped) and meta CSVs with a `wsi` column."""
+    import gzip
+    import shutil
+
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    for split, n in sizes.items():
+        base = root / f"camelyonpatch_level_2_split_{split}"
+        x = rng.integers(0, 256, size=(n, 96, 96, 3), dtype=np.uint8)
+        y = (np.arange(n) % 2).astype(np.uint8).reshape(n, 1, 1, 1)
+        for kind, data in (("x", x), ("y", y)):
+            path = Path(f"{base}_{kind}.h5")
+            with h5py.File(path, "w") as f:
+                f.create_dataset(kind, data=data, chunks=True)
+            if gz:
+                with path.open("rb") as src, gzip.open(f"{path}.gz", "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                path.unlink()
+        meta = [",coord_y,coord_x,tumor_patch,center_tumor_patch,wsi"]
+        meta += [f"{i},0,0,False,False,{split}_slide_{i % 3}" for i in range(n)]
+        Path(f"{base}_meta.csv").write_text("\n".join(meta) + "\n")
