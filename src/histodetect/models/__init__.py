@@ -1,0 +1,43 @@
+"""Model zoo (registry of families), ModelSpec, and the one preprocessing path."""
+
+# Importing a family module registers its models.
+from histodetect.models import histonet, seed_cnn, timm_backbone  # noqa: F401
+from histodetect.models.registry import (
+    ModelInfo,
+    count_parameters,
+    create_model,
+    list_models,
+    model_kwarg_names,
+    model_names,
+    register_model,
+    tiny_model_kwargs,
+)
+from histodetect.models.spec import (
+    ModelSpec,
+    build_model,
+    logits_to_probability,
+    normalise,
+    pixels_to_float,
+    prepare_batch,
+)
+
+DEFAULT_MODEL = "histonet_s"
+"""Registry name used when the user names no model; see `histodetect.models.histonet`."""
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelInfo",
+    "ModelSpec",
+    "build_model",
+    "count_parameters",
+    "create_model",
+    "list_models",
+    "logits_to_probability",
+    "model_kwarg_names",
+    "model_names",
+    "normalise",
+    "pixels_to_float",
+    "prepare_batch",
+    "register_model",
+    "tiny_model_kwargs",
+]

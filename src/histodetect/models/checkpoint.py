@@ -1,0 +1,132 @@
+"""Saving and loading trained models: the one place that turns a file into (model, ModelSpec)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from histodetect.errors import HistodetectError
+from histodetect.models.spec import ModelSpec, build_model
+
+MODEL_FILE = "model.pt"
+"""Exported model inside a run folder: weights, ModelSpec and metadata, no optimizer state."""
+FORMAT = "histodetect-model"
+FORMAT_VERSION = 1
+BUNDLED_MODEL = "bundled/model.pt"
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for inference (eval mode, on the CPU) with its spec and provenance."""
+
+    model: nn.Module
+    spec: ModelSpec
+    path: Path
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def save_model(path: Path, model: nn.Module, spec: ModelSpec, metadata: dict[str, Any]) -> None:
+    """Write weights + spec + metadata to `path` atomically (temp file, then rename)."""
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_spec": spec.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "metadata": metadata,
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def update_spec(path: Path, spec: ModelSpec, metadata_update: dict[str, Any] | None = None) -> None:
+    """Rewrite the spec (e.g. a fitted threshold and temperature) of an exported model file."""
+    payload = _read(path)
+    if payload.get("format") != FORMAT:
+        raise HistodetectError(f"{path} is not an exported histodetect model ({MODEL_FILE}).")
+    payload["model_spec"] = spec.to_dict()
+    payload["metadata"] = {**payload.get("metadata", {}), **(metadata_update or {})}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+
+
+def resolve_model_path(path: Path | str | None) -> Path:
+    """The model file meant by `path`: a file, a run folder (its model.pt), or None (bundled)."""
+    if path is None:
+        return bundled_model_path()
+    path = Path(path)
+    if path.is_dir():
+        for candidate in (MODEL_FILE, "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+            if (path / candidate).is_file():
+                return path / candidate
+        raise HistodetectError(f"{path} holds no model ({MODEL_FILE} or checkpoints/*.ckpt).")
+    if not path.is_file():
+        raise HistodetectError(f"model {path} does not exist.")
+    return path
+
+
+def bundled_model_path() -> Path:
+    """The model shipped inside the package (trained on the PCam subset, see docs/MODEL_CARD.md)."""
+    path = Path(str(resources.files("histodetect") / BUNDLED_MODEL))
+    if not path.is_file():
+        raise HistodetectError("this installation has no bundled model; pass --model <run folder>.")
+    return path
+
+
+def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
+    """Load a model for inference from an exported model.pt, a Lightning .ckpt or a run folder.
+
+    Args:
+        path: model file or run folder; None loads the bundled model.
+    """
+    file = resolve_model_path(path)
+    payload = _read(file)
+    if payload.get("format") == FORMAT:
+        spec = ModelSpec.from_dict(payload["model_spec"])
+        state, metadata = payload["state_dict"], payload.get("metadata", {})
+    elif "hyper_parameters" in payload and "spec" in payload["hyper_parameters"]:
+        spec = ModelSpec.from_dict(payload["hyper_parameters"]["spec"])
+        state = {
+            k.removeprefix("model."): v
+            for k, v in payload["state_dict"].items()
+            if k.startswith("model.")
+        }
+        metadata = {"epoch": payload.get("epoch"), "global_step": payload.get("global_step")}
+    else:
+        raise HistodetectError(f"{file} is not a histodetect model or training checkpoint.")
+    model = build_model(spec)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise HistodetectError(
+            f"{file} does not match model {spec.model_name}: {str(exc)[:200]}"
+        ) from exc
+    model.eval()
+    return LoadedModel(model=model, spec=spec, path=file, metadata=metadata)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if path.suffix != ".ckpt":
+            raise HistodetectError(
+                f"{path} cannot be read as a model file ({str(exc)[:120]})."
+            ) from exc
+        # Our own Lightning training checkpoints may hold more than tensors (loop state).
+        try:
+            payload = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as exc2:
+            raise HistodetectError(
+                f"{path} cannot be read as a checkpoint ({str(exc2)[:120]})."
+            ) from exc2
+    if not isinstance(payload, dict):
+        raise HistodetectError(f"{path} is not a histodetect model file.")
+    return payload

@@ -1,0 +1,232 @@
+"""ModelSpec, which travels inside every checkpoint, and the one preprocessing path it defines."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from histodetect.errors import HistodetectError
+from histodetect.models.registry import create_model
+
+
+def _as_float_triple(name: str, values: Any) -> tuple[float, float, float]:
+    try:
+        triple = tuple(float(value) for value in values)
+    except (TypeError, ValueError):
+        raise HistodetectError(f"ModelSpec.{name} must be three numbers.") from None
+    if len(triple) != 3 or not all(math.isfinite(value) for value in triple):
+        raise HistodetectError(f"ModelSpec.{name} must be three finite numbers, got {values!r}.")
+    return (triple[0], triple[1], triple[2])
+
+
+def _canonical_kwargs(model_kwargs: Any) -> dict[str, Any]:
+    """Return model_kwargs as they come back from JSON (tuples become lists), or raise."""
+    if not isinstance(model_kwargs, dict) or not all(isinstance(k, str) for k in model_kwargs):
+        raise HistodetectError("ModelSpec.model_kwargs must be a dict with string keys.")
+    if "input_size_px" in model_kwargs:
+        raise HistodetectError(
+            "ModelSpec.model_kwargs must not set input_size_px; set patch_size_px/crop_px."
+        )
+    try:
+        canonical: dict[str, Any] = json.loads(json.dumps(model_kwargs, allow_nan=False))
+    except (TypeError, ValueError):
+        raise HistodetectError("ModelSpec.model_kwargs must be JSON-serialisable.") from None
+    return canonical
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model and feed it pixels exactly as in training.
+
+    Attributes:
+        model_name: Registry name, see `histodetect.models.list_models`.
+        model_kwargs: Builder keyword arguments except ``input_size_px`` (JSON values only;
+            tuples are stored as lists).
+        patch_size_px: Side of the square uint8 patches the model was trained on.
+        crop_px: Side of the centre crop fed to the model; None feeds the full patch.
+        mean: Per-channel (R, G, B) mean subtracted after scaling pixels to [0, 1].
+        std: Per-channel (R, G, B) divisor applied after subtracting ``mean``; each > 0.
+        threshold: Decision threshold on the calibrated tumour probability, in [0, 1].
+        temperature: Logits are divided by this (> 0) before the sigmoid (calibration).
+        class_names: Names of label 0 and label 1.
+    """
+
+    model_name: str
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    patch_size_px: int = 96
+    crop_px: int | None = None
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    threshold: float = 0.5
+    temperature: float = 1.0
+    class_names: tuple[str, str] = ("normal", "tumour")
+
+    def __post_init__(self) -> None:
+        """Validate every field and normalise containers to canonical, immutable forms."""
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise HistodetectError("ModelSpec.model_name must be a non-empty string.")
+        object.__setattr__(self, "model_kwargs", _canonical_kwargs(self.model_kwargs))
+        if not _is_int(self.patch_size_px) or self.patch_size_px < 1:
+            raise HistodetectError("ModelSpec.patch_size_px must be a positive integer.")
+        if self.crop_px is not None and (
+            not _is_int(self.crop_px) or not 1 <= self.crop_px <= self.patch_size_px
+        ):
+            raise HistodetectError(
+                f"ModelSpec.crop_px must be None or an integer in 1..{self.patch_size_px}."
+            )
+        object.__setattr__(self, "mean", _as_float_triple("mean", self.mean))
+        object.__setattr__(self, "std", _as_float_triple("std", self.std))
+        if min(self.std) <= 0:
+            raise HistodetectError("ModelSpec.std values must all be positive.")
+        _check_number("threshold", self.threshold, low=0.0, high=1.0)
+        _check_number("temperature", self.temperature, low=0.0, high=math.inf)
+        if self.temperature <= 0:
+            raise HistodetectError("ModelSpec.temperature must be positive.")
+        object.__setattr__(self, "threshold", float(self.threshold))
+        object.__setattr__(self, "temperature", float(self.temperature))
+        names = tuple(self.class_names)
+        if len(names) != 2 or not all(isinstance(name, str) for name in names):
+            raise HistodetectError("ModelSpec.class_names must be two strings.")
+        object.__setattr__(self, "class_names", names)
+
+    @property
+    def input_size_px(self) -> int:
+        """Side of the square image the model sees: the crop if set, else the full patch."""
+        return self.crop_px if self.crop_px is not None else self.patch_size_px
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-serialisable dict (tuples become lists) that `from_dict` accepts."""
+        return {
+            "model_name": self.model_name,
+            "model_kwargs": json.loads(json.dumps(self.model_kwargs)),
+            "patch_size_px": self.patch_size_px,
+            "crop_px": self.crop_px,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "threshold": self.threshold,
+            "temperature": self.temperature,
+            "class_names": list(self.class_names),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelSpec:
+        """Rebuild a spec from `to_dict` output (e.g. read from a checkpoint or JSON).
+
+        Raises:
+            HistodetectError: If a key is unknown, ``model_name`` is missing, or a value is
+                invalid.
+        """
+        if not isinstance(data, dict):
+            raise HistodetectError("A model spec must be a JSON object (dict).")
+        known = {spec_field.name for spec_field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HistodetectError(
+                f"Unknown model spec keys {', '.join(unknown)}; valid keys: "
+                f"{', '.join(sorted(known))}."
+            )
+        if "model_name" not in data:
+            raise HistodetectError("A model spec needs a model_name.")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        """Return a copy with some fields changed (validated like a new spec)."""
+        return self.from_dict({**self.to_dict(), **changes})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_number(name: str, value: Any, *, low: float, high: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise HistodetectError(f"ModelSpec.{name} must be a number.")
+    if not low <= value <= high:
+        raise HistodetectError(f"ModelSpec.{name} must lie in [{low}, {high}], got {value}.")
+
+
+def build_model(spec: ModelSpec) -> nn.Module:
+    """Build a fresh (untrained) model for a spec; load the checkpoint's weights into it."""
+    return create_model(spec.model_name, input_size_px=spec.input_size_px, **spec.model_kwargs)
+
+
+def pixels_to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """Turn uint8 (N, H, W, 3) pixels into float32 (N, 3, H, W) values in [0, 1].
+
+    Stays on the input's device. The result is a channels_last-strided tensor (a permuted
+    view of NHWC memory), which channels_last models read without a copy; values are the
+    same whatever the memory format.
+    """
+    return pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+
+
+def normalise(x: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Centre-crop float (N, 3, H, W) images to ``spec.crop_px`` if set, then (x - mean) / std.
+
+    Raises:
+        HistodetectError: If ``x`` is not (N, 3, H, W) floating point or is smaller than the crop.
+    """
+    if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+        raise HistodetectError(f"Expected float images of shape (N, 3, H, W), got {_describe(x)}.")
+    if spec.crop_px is not None:
+        height_px, width_px = x.shape[2], x.shape[3]
+        if min(height_px, width_px) < spec.crop_px:
+            raise HistodetectError(
+                f"Images of {height_px}x{width_px} px are smaller than the {spec.crop_px} px crop."
+            )
+        top_px = (height_px - spec.crop_px) // 2
+        left_px = (width_px - spec.crop_px) // 2
+        x = x[:, :, top_px : top_px + spec.crop_px, left_px : left_px + spec.crop_px]
+    mean = _channel_constant(spec.mean, x.device, x.dtype)
+    std = _channel_constant(spec.std, x.device, x.dtype)
+    return (x - mean) / std
+
+
+@functools.lru_cache(maxsize=32)
+def _channel_constant(
+    values: tuple[float, float, float], device: torch.device, dtype: torch.dtype
+) -> torch.Tensor:
+    """(1, 3, 1, 1) tensor of per-channel values, cached so repeat calls copy nothing to GPU."""
+    return torch.tensor(values, dtype=dtype, device=device).reshape(1, 3, 1, 1)
+
+
+def prepare_batch(pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """THE preprocessing for evaluate, predict and serve: uint8 patches → model input.
+
+    Args:
+        pixels: uint8 tensor (N, H, W, 3), H = W = ``spec.patch_size_px``, on any device.
+        spec: The model's spec (crop, mean, std).
+
+    Returns:
+        float32 (N, 3, S, S) with S = ``spec.input_size_px``, on the input's device.
+
+    Raises:
+        HistodetectError: If the dtype, layout or patch size does not match the spec.
+    """
+    if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3:
+        raise HistodetectError(
+            f"Expected uint8 patches of shape (N, H, W, 3), got {_describe(pixels)}."
+        )
+    size_px = spec.patch_size_px
+    if pixels.shape[1] != size_px or pixels.shape[2] != size_px:
+        raise HistodetectError(
+            f"Expected {size_px}x{size_px} px patches as the model was trained on, "
+            f"got {pixels.shape[1]}x{pixels.shape[2]}."
+        )
+    return normalise(pixels_to_float(pixels), spec)
+
+
+def logits_to_probability(logits: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
+    """Return calibrated tumour probabilities sigmoid(logits / temperature), as float32."""
+    return torch.sigmoid(logits.to(torch.float32) / spec.temperature)
+
+
+def _describe(x: torch.Tensor) -> str:
+    return f"{str(x.dtype).removeprefix('torch.')} of shape {tuple(x.shape)}"
