@@ -75,3 +75,19 @@ def make_pcam(
         meta = [",coord_y,coord_x,tumor_patch,center_tumor_patch,wsi"]
         meta += [f"{i},0,0,False,False,{split}_slide_{i % 3}" for i in range(n)]
         Path(f"{base}_meta.csv").write_text("\n".join(meta) + "\n")
+
+
+def make_synthetic_store(out: Path, n: int = 256, seed: int = 0, with_valid: bool = False):
+    """A small PatchStore of synthetic patches with slide ids (slide-grouped splits possible)."""
+    from histodetect.data.quality import flag_outliers
+    from histodetect.data.synthetic import generate_patches
+    from histodetect.data.writer import StoreWriter
+
+    patches = generate_patches(n, seed=seed, n_slides=8)
+    slides = [str(s) for s in patches.slides]
+    valid_slides = set(sorted(set(slides))[-2:])
+    splits = ["valid" if with_valid and s in valid_slides else "train" for s in slides]
+    with StoreWriter(out) as writer:
+        writer.add(patches.pixels, patches.labels, splits, slides, [f"synth#{i}" for i in range(n)],
+                   flag_outliers(patches.pixels))  # fmt: skip
+        return writer.finish({"source": "synthetic", "source_format": "synthetic"})

@@ -1,0 +1,103 @@
+"""`histodetect train`: train a model on a patch store (or resume an interrupted run)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from histodetect.cli import options
+
+HELP = "train a model on a patch store; --preset seed reproduces the original write-up"
+AUGMENTATIONS = ("d4", "hed", "colour")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, help="patch store folder (from `histodetect ingest`)")
+    options.add_out(parser, "run folder to create", required=False)
+    parser.add_argument(
+        "--resume", type=Path, metavar="RUN", help="continue an interrupted run folder"
+    )
+    parser.add_argument(
+        "--preset", default="default", choices=("default", "seed"), help="recipe to start from"
+    )
+    parser.add_argument("--model", help="registry name (see `histodetect models`)")
+    parser.add_argument(
+        "--model-kwargs", type=json.loads, help="builder options as JSON, e.g. '{\"width\": 48}'"
+    )
+    parser.add_argument(
+        "--crop", dest="crop_px", type=int, help="centre crop in px fed to the model (e.g. 32)"
+    )
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--lr", type=float, help="peak learning rate")
+    parser.add_argument("--weight-decay", type=float)
+    parser.add_argument("--optimizer", choices=("adam", "adamw", "sgd"))
+    parser.add_argument("--schedule", choices=("onecycle", "cosine", "constant"))
+    parser.add_argument(
+        "--augment",
+        help=f"comma list of {', '.join(AUGMENTATIONS)}, or 'none' (default: the preset's)",
+    )
+    parser.add_argument(
+        "--early-stop", dest="early_stop_patience", type=int, help="patience in epochs; 0 = off"
+    )
+    parser.add_argument(
+        "--valid-fraction", type=float, help="held out when the store has no valid split"
+    )
+    parser.add_argument("--max-steps-per-epoch", type=int, help="cap steps per epoch (quick runs)")
+    parser.add_argument(
+        "--checkpoint-every-steps", type=int, help="save last.ckpt this often (default 200)"
+    )
+    parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
+    parser.add_argument("--devices", help="number of devices per node, or auto")
+    parser.add_argument("--num-nodes", type=int)
+    parser.add_argument("--strategy", help="Lightning strategy (ddp is used for several devices)")
+    parser.add_argument(
+        "--precision", help="auto (bf16-mixed on GPUs that have it), 32-true, bf16-mixed"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", default=None, help="torch.compile the model"
+    )
+    options.add_seed(parser)
+    options.add_progress(parser)
+
+
+def _augment(text: str | None) -> Any:
+    from histodetect.augment import AugmentConfig
+    from histodetect.errors import HistodetectError
+
+    if text is None:
+        return None
+    names = {t.strip() for t in text.split(",") if t.strip()} - {"none"}
+    unknown = names - set(AUGMENTATIONS)
+    if unknown:
+        raise HistodetectError(
+            f"unknown augmentation {', '.join(sorted(unknown))}; choose from {', '.join(AUGMENTATIONS)} or none."
+        )
+    return AugmentConfig(d4="d4" in names, hed="hed" in names, colour="colour" in names)
+
+
+def run(args: argparse.Namespace) -> int:
+    from histodetect.errors import HistodetectError
+    from histodetect.training.config import TrainConfig, resolve_config
+    from histodetect.training.fit import fit
+
+    if args.resume is not None:
+        result = fit(TrainConfig.load(args.resume), resume=True, progress=args.progress)
+    else:
+        if args.data is None or args.out is None:
+            raise HistodetectError(
+                "give --data STORE and --out RUN_FOLDER (or --resume RUN_FOLDER)."
+            )
+        overrides = {k: getattr(args, k) for k in (
+            "model", "model_kwargs", "crop_px", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
+            "schedule", "early_stop_patience", "valid_fraction", "max_steps_per_epoch", "accelerator",
+            "checkpoint_every_steps",
+            "devices", "num_nodes", "strategy", "precision", "compile")}  # fmt: skip
+        overrides["augment"] = _augment(args.augment)
+        overrides["seed"] = args.seed
+        config = resolve_config(str(args.data), str(args.out), args.preset, **overrides)
+        result = fit(config, progress=args.progress)
+    print(f"Run folder: {result.run_dir} ({result.epochs_run} epochs, {result.elapsed_s:.0f} s).")
+    return 0

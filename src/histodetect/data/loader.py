@@ -1,0 +1,122 @@
+"""Batches straight from memory (host RAM or GPU) to the model: no decoding, no per-sample Python."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from histodetect.data.store import PatchStore
+
+GPU_MEMORY_SHARE = 0.5
+"""Largest share of free GPU memory the pixels may take to be kept resident on the GPU."""
+
+
+def load_split(store: PatchStore, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Copy patches and labels into host tensors: uint8 (n, 96, 96, 3) and float32 (n,)."""
+    pixels = torch.from_numpy(store.read(indices))
+    labels = torch.from_numpy(store.manifest.labels[indices].astype(np.float32))
+    return pixels, labels
+
+
+def fits_on_gpu(nbytes: int, device: torch.device) -> bool:
+    """True when `nbytes` takes at most half of the free memory of a CUDA `device`."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= GPU_MEMORY_SHARE * free
+
+
+class PatchBatches:
+    """An iterable of (pixels uint8 (b, 96, 96, 3), labels float (b,)) batches on `device`.
+
+    Shuffled with a new seeded permutation each epoch (`set_epoch`, which Lightning calls
+    through the `sampler` attribute); under data parallelism each process takes every
+    `world_size`-th index of the permutation (its shard), so processes see disjoint patches.
+    `state_dict`/`load_state_dict` record the position in the epoch, so a run resumed from a
+    mid-epoch checkpoint continues with the batches it had not seen. When the pixels live on the GPU, a batch is one gather on the GPU. Otherwise
+    the batch is gathered on the host into pinned memory and copied asynchronously.
+
+    Args:
+        pixels: all patches of the split, uint8 (n, 96, 96, 3), on the CPU or the target device.
+        labels: float32 (n,), same device as pixels.
+        batch_size: patches per batch per process.
+        shuffle: new order every epoch (training) or the stored order (validation).
+        drop_last: drop a final short batch (training, keeps BatchNorm statistics sane).
+        seed: base seed; epoch e uses seed + e.
+        rank, world_size: this process's place in data-parallel training.
+        device: where batches are delivered.
+    """
+
+    def __init__(
+        self,
+        pixels: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        drop_last: bool,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.pixels, self.labels = pixels, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.device = torch.device(device)
+        self.epoch = 0
+        self._yielded = 0  # batches handed out in the current epoch
+        self._resume_at = 0  # first batch of the next iteration, after load_state_dict
+        self.sampler = self  # so that Lightning's set_epoch reaches us
+        self.batch_sampler = None  # Lightning inspects it beside `sampler`
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose permutation the next iteration follows."""
+        if epoch != self.epoch:
+            self.epoch, self._resume_at = epoch, 0
+
+    def state_dict(self) -> dict[str, int]:
+        """Position in the data: epoch and batches already handed out in it."""
+        return {"epoch": self.epoch, "batches": self._yielded}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from a saved position (the next iteration skips batches already seen)."""
+        self.epoch, self._resume_at = int(state["epoch"]), int(state["batches"])
+
+    def _shard(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
+        shard = order[self.rank :: self.world_size][:per_rank]
+        return shard
+
+    def __len__(self) -> int:
+        n = len(self._shard())
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        shard = self._shard()
+        start, self._resume_at = self._resume_at, 0
+        for b in range(start, len(self)):
+            self._yielded = b + 1
+            idx = shard[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self._gather(idx)
+
+    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.pixels.device == self.device:
+            idx = idx.to(self.device)
+            return self.pixels.index_select(0, idx), self.labels.index_select(0, idx)
+        pixels = self.pixels.index_select(0, idx)
+        labels = self.labels.index_select(0, idx)
+        if self.device.type == "cuda":
+            pixels, labels = pixels.pin_memory(), labels.pin_memory()
+        return (
+            pixels.to(self.device, non_blocking=True),
+            labels.to(self.device, non_blocking=True),
+        )

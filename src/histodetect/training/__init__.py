@@ -1,0 +1,1 @@
+"""Training: run configuration and presets, Lightning module and data, `fit`."""

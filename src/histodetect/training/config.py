@@ -1,0 +1,154 @@
+"""TrainConfig: the typed schema of a training run, its presets, and the JSON saved beside it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from histodetect.augment import AugmentConfig
+from histodetect.errors import HistodetectError
+
+CONFIG_FILE = "config.json"
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("onecycle", "cosine", "constant")
+NORMALISATIONS = ("dataset", "none")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; saved as config.json in the run folder.
+
+    Attributes:
+        data: patch store folder.
+        out: run folder (checkpoints, logs, config, model.pt).
+        preset: "default" or "seed" (the original write-up's recipe); recorded for provenance.
+        model: registry name (see `histodetect models`); model_kwargs go to its builder.
+        crop_px: centre crop fed to the model (32 = the write-up's option); None = full 96 px.
+        epochs: passes over the training split.
+        batch_size: patches per step per device.
+        optimizer: adam, adamw or sgd; lr is the peak learning rate.
+        schedule: onecycle, cosine (with linear warm-up over warmup_fraction of steps) or constant.
+        augment: on-device augmentation; `AugmentConfig.none()` for the seed preset.
+        normalise: "dataset" subtracts the training split's channel mean/std; "none" keeps [0, 1].
+        early_stop_patience: epochs without a better validation AUC before stopping; 0 = never.
+        valid_fraction: share of patches held out when the store has no valid split.
+        max_steps_per_epoch: cap on training steps per epoch (quick runs); 0 = no cap.
+        checkpoint_every_steps: also save last.ckpt every this many steps, so a killed run
+            loses at most that much work.
+        precision: "auto" (bf16-mixed on a GPU with bf16, else 32), "32", "bf16-mixed", "16-mixed".
+        accelerator, devices, num_nodes, strategy: passed to Lightning (DDP for devices > 1).
+        compile: wrap the model in torch.compile.
+        data_on_device: "auto" keeps patches on the GPU when they fit, "host" never does.
+    """
+
+    data: str
+    out: str
+    preset: str = "default"
+    model: str = "histonet_s"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    crop_px: int | None = None
+    epochs: int = 20
+    batch_size: int = 128
+    optimizer: str = "adamw"
+    lr: float = 3e-3
+    weight_decay: float = 0.05
+    schedule: str = "onecycle"
+    warmup_fraction: float = 0.1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    normalise: str = "dataset"
+    early_stop_patience: int = 6
+    valid_fraction: float = 0.1
+    seed: int = 0
+    max_steps_per_epoch: int = 0
+    checkpoint_every_steps: int = 200
+    precision: str = "auto"
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    compile: bool = False
+    data_on_device: str = "auto"
+
+    def __post_init__(self) -> None:
+        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        _choice("schedule", self.schedule, SCHEDULES)
+        _choice("normalise", self.normalise, NORMALISATIONS)
+        _choice("data_on_device", self.data_on_device, ("auto", "host"))
+        if self.epochs < 1 or self.batch_size < 1:
+            raise HistodetectError("epochs and batch size must be at least 1.")
+        if not 0 < self.valid_fraction < 1:
+            raise HistodetectError("valid fraction must lie strictly between 0 and 1.")
+        if self.crop_px is not None and not 16 <= self.crop_px <= 96:
+            raise HistodetectError("crop must be between 16 and 96 px.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict; `from_dict` reads it back."""
+        data = dataclasses.asdict(self)
+        data["augment"] = self.augment.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Rebuild from `to_dict` output; unknown keys raise, naming the valid ones."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HistodetectError(
+                f"unknown training settings {', '.join(unknown)}; valid: {', '.join(sorted(known))}."
+            )
+        values = dict(data)
+        values["augment"] = AugmentConfig.from_dict(values.get("augment", {}))
+        return cls(**values)
+
+    def save(self, run_dir: Path) -> None:
+        """Write config.json atomically into `run_dir`."""
+        tmp = run_dir / f"{CONFIG_FILE}.tmp"
+        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        tmp.replace(run_dir / CONFIG_FILE)
+
+    @classmethod
+    def load(cls, run_dir: Path) -> TrainConfig:
+        """Read config.json of an existing run folder."""
+        path = run_dir / CONFIG_FILE
+        if not path.is_file():
+            raise HistodetectError(f"{run_dir} is not a training run (no {CONFIG_FILE}).")
+        return cls.from_dict(json.loads(path.read_text()))
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise HistodetectError(f"{name} {value!r} is not one of {', '.join(choices)}.")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # The original write-up: Keras Conv2D+MaxPooling CNN, pixels in [0, 1], no augmentation,
+    # Adam at Keras' default 1e-3, batch 32 (Keras' default), 10 epochs, no schedule, no early
+    # stopping; validation on a stratified random split when the data has no official split.
+    "seed": {
+        "model": "seed_cnn",
+        "epochs": 10,
+        "batch_size": 32,
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "weight_decay": 0.0,
+        "schedule": "constant",
+        "augment": AugmentConfig.none(),
+        "normalise": "none",
+        "early_stop_patience": 0,
+    },
+    # Our default: a residual net that keeps the 96 px detail, D4 + stain + colour augmentation,
+    # AdamW with a one-cycle schedule, model selection on validation AUC.
+    "default": {},
+}
+
+
+def resolve_config(data: str, out: str, preset: str = "default", **overrides: Any) -> TrainConfig:
+    """Start from a preset and apply the options the user gave (None means "not given")."""
+    if preset not in PRESETS:
+        raise HistodetectError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}.")
+    values: dict[str, Any] = {**PRESETS[preset], "preset": preset}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(data=data, out=out, **values)

@@ -1,0 +1,255 @@
+"""fit(): train a model from a TrainConfig into a run folder, or resume an interrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from histodetect import __version__
+from histodetect.data.inspection import channel_mean_std
+from histodetect.data.store import PatchStore, open_store
+from histodetect.errors import HistodetectError
+from histodetect.models import ModelSpec
+from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_model
+from histodetect.training.config import CONFIG_FILE, TrainConfig
+from histodetect.training.data import PatchDataModule
+from histodetect.training.metrics_log import LOG_DIR, merge_parts, set_aside
+from histodetect.training.module import PatchClassifier
+
+CHECKPOINT_DIR = "checkpoints"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Where the run went and how it ended."""
+
+    run_dir: Path
+    model_path: Path
+    best_val_auc: float | None
+    epochs_run: int
+    elapsed_s: float
+
+
+def library_versions() -> dict[str, str]:
+    """Versions that decide whether a run can be reproduced."""
+    import lightning
+    import numpy
+
+    return {
+        "histodetect": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "numpy": numpy.__version__,
+        "cuda": str(torch.version.cuda),
+    }
+
+
+def _spec_for(config: TrainConfig, store: PatchStore, train_idx: Any) -> ModelSpec:
+    mean, std = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+    if config.normalise == "dataset":
+        m, s = channel_mean_std(store, train_idx)
+        mean, std = (m[0], m[1], m[2]), (s[0], s[1], s[2])
+    return ModelSpec(
+        model_name=config.model,
+        model_kwargs=config.model_kwargs,
+        crop_px=config.crop_px,
+        mean=mean,
+        std=std,
+    )
+
+
+def _precision(config: TrainConfig) -> str:
+    if config.precision != "auto":
+        return config.precision
+    if (
+        torch.cuda.is_available()
+        and config.accelerator in ("auto", "gpu", "cuda")
+        and torch.cuda.is_bf16_supported()
+    ):
+        return "bf16-mixed"
+    return "32-true"
+
+
+def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
+    from lightning.pytorch.callbacks import (
+        EarlyStopping,
+        LearningRateMonitor,
+        ModelCheckpoint,
+        TQDMProgressBar,
+    )
+
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    callbacks: list[Any] = [
+        # best.ckpt by validation AUC; last.ckpt after every validation...
+        ModelCheckpoint(
+            ckpt_dir,
+            filename="best",
+            monitor="val_auc",
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            enable_version_counter=False,
+        ),
+        # ...and every N steps, so a killed run loses little.
+        ModelCheckpoint(
+            ckpt_dir,
+            save_top_k=0,
+            save_last=True,
+            enable_version_counter=False,
+            every_n_train_steps=config.checkpoint_every_steps,
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if progress:
+        callbacks.append(TQDMProgressBar(refresh_rate=10))
+    if config.early_stop_patience > 0:
+        callbacks.append(EarlyStopping("val_auc", mode="max", patience=config.early_stop_patience))
+    return callbacks
+
+
+def _trainer(config: TrainConfig, run_dir: Path, progress: bool) -> Any:
+    import lightning as L  # noqa: N812 - Lightning's documented alias
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    devices: Any = int(config.devices) if config.devices.isdigit() else config.devices
+    return L.Trainer(
+        max_epochs=config.epochs,
+        accelerator=config.accelerator,
+        devices=devices,
+        num_nodes=config.num_nodes,
+        strategy=config.strategy,
+        precision=_precision(config),  # type: ignore[arg-type]
+        callbacks=_callbacks(config, run_dir, progress),
+        logger=[
+            CSVLogger(run_dir, name=LOG_DIR, version=""),
+            TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+        ],
+        default_root_dir=run_dir,
+        limit_train_batches=config.max_steps_per_epoch or 1.0,
+        log_every_n_steps=10,
+        use_distributed_sampler=False,
+        enable_progress_bar=progress,
+        enable_model_summary=progress,
+        num_sanity_val_steps=0,
+    )
+
+
+def _is_primary_process() -> bool:
+    """False in the processes Lightning's DDP launcher starts (they re-run the same command)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Path | None]:
+    run_dir = Path(config.out)
+    if resume:
+        saved = TrainConfig.load(run_dir)
+        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+        if not last.is_file():
+            raise HistodetectError(
+                f"{run_dir} has no checkpoint to resume from ({last} is missing)."
+            )
+        return saved, last
+    if (run_dir / CONFIG_FILE).exists() and _is_primary_process():
+        raise HistodetectError(
+            f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out."
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return config, None
+
+
+def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> FitResult:
+    """Train (or resume) a run; writes config.json, logs, checkpoints/, model.pt, summary.json.
+
+    Raises:
+        HistodetectError: missing store, existing run without resume, store changed since the run began.
+    """
+    import lightning as L  # noqa: N812 - Lightning's documented alias
+
+    started = time.monotonic()
+    config, ckpt_path = _prepare_run_dir(config, resume)
+    run_dir = Path(config.out)
+    store = open_store(config.data)
+    L.seed_everything(config.seed, workers=False, verbose=False)
+    datamodule = PatchDataModule(store, config)
+    print(f"data: {store.root} ({len(store)} patches); {datamodule.summary()}")
+    spec = _spec_for(config, store, datamodule.split.train)
+    module = PatchClassifier(spec.to_dict(), config.to_dict())
+    if resume and _is_primary_process():
+        set_aside(run_dir)
+    trainer = _trainer(config, run_dir, progress)
+    if trainer.global_rank == 0:
+        _write_run_info(run_dir, config, store, datamodule, resume)
+    with warnings.catch_warnings():
+        # Our batches come from an in-memory iterable, not a DataLoader with workers.
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*Your `IterableDataset` has `__len__` defined.*")
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return _finish(trainer, run_dir, store, datamodule, started)
+
+
+def _write_run_info(
+    run_dir: Path, config: TrainConfig, store: PatchStore, dm: PatchDataModule, resume: bool
+) -> None:
+    if resume:
+        info = json.loads((run_dir / "run_info.json").read_text())
+        if info["store_fingerprint"] != store.fingerprint:
+            raise HistodetectError(
+                f"the store {store.root} changed since this run began; start a new run."
+            )
+        return
+    config.save(run_dir)
+    info = {
+        "store": str(store.root),
+        "store_fingerprint": store.fingerprint,
+        "split_method": dm.split.method,
+        "slide_disjoint": dm.split.slide_disjoint,
+        "n_train": len(dm.split.train),
+        "n_valid": len(dm.split.valid),
+        "versions": library_versions(),
+        "device": torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else platform.processor() or "cpu",
+    }
+    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+
+def _finish(
+    trainer: Any, run_dir: Path, store: PatchStore, dm: PatchDataModule, started: float
+) -> FitResult:
+    """Export the best checkpoint as model.pt and write summary.json (rank 0 only)."""
+    elapsed_s = time.monotonic() - started
+    best_cb = trainer.checkpoint_callbacks[0]
+    best_path = (
+        Path(best_cb.best_model_path)
+        if best_cb.best_model_path
+        else run_dir / CHECKPOINT_DIR / "last.ckpt"
+    )
+    best_auc = float(best_cb.best_model_score) if best_cb.best_model_score is not None else None
+    model_path = run_dir / MODEL_FILE
+    if trainer.global_rank == 0:
+        merge_parts(run_dir)
+        loaded = load_checkpoint(best_path)
+        info = json.loads((run_dir / "run_info.json").read_text())
+        metadata = {**info, "best_val_auc": best_auc, "best_epoch": loaded.metadata.get("epoch"),
+                    "trained_from": str(best_path.name)}  # fmt: skip
+        save_model(model_path, loaded.model, loaded.spec, metadata)
+        summary = {"best_val_auc": best_auc, "epochs_run": trainer.current_epoch,
+                   "global_step": trainer.global_step, "elapsed_s": round(elapsed_s, 1),
+                   "model": str(model_path)}  # fmt: skip
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        print(
+            f"best validation AUC {best_auc:.4f} ({dm.split.method} split); model: {model_path}"
+            if best_auc is not None
+            else f"model: {model_path}"
+        )
+    return FitResult(run_dir, model_path, best_auc, trainer.current_epoch, elapsed_s)

@@ -1,0 +1,112 @@
+"""PatchClassifier: the LightningModule that trains any registered model on uint8 patch batches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L  # noqa: N812 - Lightning's documented alias
+import torch
+from torch import nn
+from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
+
+from histodetect.augment import AugmentConfig, apply_augment
+from histodetect.models import ModelSpec, build_model, normalise, pixels_to_float, prepare_batch
+from histodetect.training.config import TrainConfig
+from histodetect.training.schedule import make_scheduler
+
+
+class PatchClassifier(L.LightningModule):
+    """Binary tumour classifier: logits from the model, BCE-with-logits loss, accuracy and AUC.
+
+    Batches arrive as uint8 (b, 96, 96, 3) pixels and float labels on the training device;
+    augmentation runs there too. Validation feeds pixels through `prepare_batch`, the same
+    function every consumer of the checkpoint uses.
+    """
+
+    def __init__(self, spec: dict[str, Any], config: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec = ModelSpec.from_dict(spec)
+        self.config = TrainConfig.from_dict(config)
+        self.augment: AugmentConfig = self.config.augment
+        self.model = build_model(self.spec)
+        self.loss = nn.BCEWithLogitsLoss()
+        self.train_acc, self.val_acc = BinaryAccuracy(), BinaryAccuracy()
+        self.train_auc, self.val_auc = BinaryAUROC(), BinaryAUROC()
+        self._generator: torch.Generator | None = None
+        self.channels_last = False
+        # Not a registered submodule: checkpoints keep the plain model's parameter names.
+        self.__dict__["_compiled"] = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (b,) for normalised float images (b, 3, S, S)."""
+        model = self.__dict__["_compiled"] or self.model
+        return model(x)
+
+    def on_fit_start(self) -> None:
+        # Augmentation randomness lives on the training device and differs per process.
+        self._generator = torch.Generator(device=self.device)
+        self._generator.manual_seed(self.config.seed * 1000 + self.global_rank)
+        self.channels_last = self.device.type == "cuda"
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if self.config.compile:
+            self.__dict__["_compiled"] = torch.compile(self.model)
+
+    def _inputs(self, pixels: torch.Tensor, train: bool) -> torch.Tensor:
+        if train:
+            x = apply_augment(pixels_to_float(pixels), self.augment, self._generator)
+            x = normalise(x, self.spec)
+        else:
+            x = prepare_batch(pixels, self.spec)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        pixels, labels = batch
+        logits = self(self._inputs(pixels, train=True)).float()
+        loss = self.loss(logits, labels)
+        probs = torch.sigmoid(logits.detach())
+        self.train_acc.update(probs, labels.int())  # update, not forward: no per-batch compute
+        self.train_auc.update(probs, labels.int())
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
+        self.log("train_auc", self.train_auc, on_step=False, on_epoch=True)
+        return loss
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        pixels, labels = batch
+        logits = self(self._inputs(pixels, train=False)).float()
+        probs = torch.sigmoid(logits)
+        self.val_acc.update(probs, labels.int())
+        self.val_auc.update(probs, labels.int())
+        self.log(
+            "val_loss", self.loss(logits, labels), prog_bar=True, on_epoch=True, sync_dist=True
+        )
+        self.log("val_acc", self.val_acc, prog_bar=True, on_epoch=True)
+        self.log("val_auc", self.val_auc, prog_bar=True, on_epoch=True)
+
+    def configure_optimizers(self) -> Any:
+        c = self.config
+        params = self.model.parameters()
+        if c.optimizer == "adam":
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(
+                params, lr=c.lr, weight_decay=c.weight_decay
+            )
+        elif c.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(
+                params, lr=c.lr, momentum=0.9, nesterov=True, weight_decay=c.weight_decay
+            )
+        if c.schedule == "constant":
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = make_scheduler(optimizer, total, c.schedule, c.warmup_fraction)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

@@ -1,0 +1,133 @@
+"""Training end to end on tiny synthetic stores: run folder, checkpoints, resume after a kill, DDP."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from histodetect.errors import HistodetectError
+from histodetect.models import tiny_model_kwargs
+from histodetect.models.checkpoint import load_checkpoint
+from histodetect.training.config import TrainConfig, resolve_config
+from histodetect.training.fit import fit
+from imagefiles import make_synthetic_store
+
+TINY = {"model": "histonet", "model_kwargs": tiny_model_kwargs("histonet")}
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "histodetect", "train", *args, "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("train") / "store"
+    make_synthetic_store(path, n=320)
+    return path
+
+
+def test_fit_writes_a_complete_run_folder(store_path: Path, tmp_path: Path) -> None:
+    config = resolve_config(str(store_path), str(tmp_path / "run"), epochs=2, batch_size=32, **TINY)
+    result = fit(config, progress=False)
+    run = tmp_path / "run"
+    assert result.epochs_run == 2 and result.best_val_auc is not None
+    for name in ("config.json", "run_info.json", "summary.json", "model.pt", "checkpoints/best.ckpt",
+                 "checkpoints/last.ckpt", "logs/metrics.csv"):  # fmt: skip
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader((run / "logs/metrics.csv").open()))
+    epochs = {int(r["epoch"]) for r in rows if r.get("val_auc")}
+    assert epochs == {0, 1}
+    assert {
+        "train_loss_epoch",
+        "train_acc",
+        "train_auc",
+        "val_loss",
+        "val_acc",
+        "val_auc",
+        "lr-AdamW",
+    } <= set(rows[0])
+    info = json.loads((run / "run_info.json").read_text())
+    assert info["split_method"] == "slide-grouped" and info["slide_disjoint"]
+    assert {"torch", "lightning", "histodetect"} <= set(info["versions"])
+    loaded = load_checkpoint(run)
+    assert loaded.spec.model_name == "histonet" and loaded.spec.mean != (0.0, 0.0, 0.0)
+    assert loaded.metadata["store_fingerprint"] == info["store_fingerprint"]
+    assert TrainConfig.load(run).to_dict() == json.loads(json.dumps(config.to_dict()))
+
+
+def test_seed_preset_is_the_original_recipe(store_path: Path, tmp_path: Path) -> None:
+    config = resolve_config(
+        str(store_path), str(tmp_path / "seed"), "seed", max_steps_per_epoch=2, epochs=1
+    )
+    assert (config.model, config.optimizer, config.schedule, config.normalise) == (
+        "seed_cnn",
+        "adam",
+        "constant",
+        "none",
+    )
+    assert not (config.augment.d4 or config.augment.hed or config.augment.colour)
+    fit(config, progress=False)
+    saved = json.loads((tmp_path / "seed" / "config.json").read_text())
+    assert saved["preset"] == "seed" and saved["model"] == "seed_cnn"
+    assert load_checkpoint(tmp_path / "seed").spec.mean == (0.0, 0.0, 0.0)
+    assert resolve_config("d", "o", "seed").epochs == 10
+
+
+def test_existing_run_and_missing_checkpoint_are_refused(store_path: Path, tmp_path: Path) -> None:
+    config = resolve_config(
+        str(store_path), str(tmp_path / "run"), epochs=1, max_steps_per_epoch=1, **TINY
+    )
+    fit(config, progress=False)
+    with pytest.raises(HistodetectError, match="already holds a run"):
+        fit(config, progress=False)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(HistodetectError, match="no checkpoint to resume"):
+        fit(config, resume=True, progress=False)
+
+
+def test_killed_run_resumes_to_the_same_epochs(store_path: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = ["--data", str(store_path), "--out", str(run), "--model", "histonet", "--model-kwargs",
+            json.dumps(TINY["model_kwargs"]), "--epochs", "5", "--batch-size", "16",
+            "--checkpoint-every-steps", "3", "--early-stop", "0"]  # fmt: skip
+    proc = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)  # let it train a little past the first checkpoint
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "summary.json").exists()
+
+    done = subprocess.run(_cli("--resume", str(run)), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 5
+    steps_per_epoch = json.loads((run / "run_info.json").read_text())["n_train"] // 16
+    # a batch prefetched before the kill may be counted once more or less
+    assert abs(summary["global_step"] - 5 * steps_per_epoch) <= 1
+    rows = list(csv.DictReader((run / "logs" / "metrics.csv").open()))
+    assert sorted({int(r["epoch"]) for r in rows if r.get("val_auc")}) == [0, 1, 2, 3, 4]
+
+
+def test_ddp_two_processes_on_cpu(store_path: Path, tmp_path: Path) -> None:
+    run = tmp_path / "ddp"
+    args = ["--data", str(store_path), "--out", str(run), "--model", "histonet", "--model-kwargs",
+            json.dumps(TINY["model_kwargs"]), "--epochs", "1", "--batch-size", "16",
+            "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]  # fmt: skip
+    done = subprocess.run(_cli(*args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((run / "summary.json").read_text())
+    # each of the 2 processes takes its half of the training patches, in batches of 16
+    n_train = json.loads((run / "run_info.json").read_text())["n_train"]
+    assert summary["global_step"] == (n_train // 2) // 16
+    assert (run / "model.pt").is_file()
