@@ -77,16 +77,24 @@ def make_pcam(
         Path(f"{base}_meta.csv").write_text("\n".join(meta) + "\n")
 
 
-def make_synthetic_store(out: Path, n: int = 256, seed: int = 0, with_valid: bool = False):
-    """A small PatchStore of synthetic patches with slide ids (slide-grouped splits possible)."""
+def make_synthetic_store(out: Path, n: int = 256, seed: int = 0, holdout: tuple[str, ...] = ()):
+    """A small PatchStore of synthetic patches with slide ids over 8 slides.
+
+    Every patch is in split "train", except that the last slides go to the `holdout` splits,
+    two slides each (e.g. ("valid", "test")).
+    """
     from histodetect.data.quality import flag_outliers
     from histodetect.data.synthetic import generate_patches
     from histodetect.data.writer import StoreWriter
 
     patches = generate_patches(n, seed=seed, n_slides=8)
     slides = [str(s) for s in patches.slides]
-    valid_slides = set(sorted(set(slides))[-2:])
-    splits = ["valid" if with_valid and s in valid_slides else "train" for s in slides]
+    order = sorted(set(slides))
+    split_of = dict.fromkeys(order, "train")
+    for k, name in enumerate(holdout):
+        for slide in order[len(order) - 2 * (k + 1) : len(order) - 2 * k]:
+            split_of[slide] = name
+    splits = [split_of[s] for s in slides]
     with StoreWriter(out) as writer:
         writer.add(patches.pixels, patches.labels, splits, slides, [f"synth#{i}" for i in range(n)],
                    flag_outliers(patches.pixels))  # fmt: skip

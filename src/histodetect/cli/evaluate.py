@@ -1,0 +1,61 @@
+"""`histodetect evaluate`: metrics, calibrated threshold and an HTML report for one split of a store."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from histodetect.cli import options
+
+HELP = "evaluate a model on a store split: metrics.json, report.html, plots; optionally calibrate first"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="run folder, model.pt or checkpoint")
+    parser.add_argument("--data", type=Path, required=True, help="patch store folder")
+    parser.add_argument("--split", default="valid", help="split to report (default valid)")
+    options.add_out(parser, "report folder")
+    parser.add_argument(
+        "--tta", action="store_true", help="mean of probabilities over the 8 flips/rotations"
+    )
+    parser.add_argument(
+        "--calibrate-on",
+        metavar="SPLIT",
+        help="fit temperature and threshold on this split first and save them in the model (never the reported split)",
+    )
+    parser.add_argument(
+        "--threshold",
+        default="youden",
+        help="with --calibrate-on: youden (default), sensitivity=0.95, or a fixed number such as 0.5",
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--bootstrap", type=int, default=1000, help="resamples for the AUC interval"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from histodetect.evaluation.evaluate import EvaluateOptions, evaluate
+
+    opts = EvaluateOptions(
+        split=args.split,
+        tta=args.tta,
+        calibrate_on=args.calibrate_on,
+        threshold=args.threshold,
+        device=args.device,
+        batch_size=args.batch_size,
+        n_boot=args.bootstrap,
+    )
+    m = evaluate(args.model, args.data, args.out, opts)
+    lo, hi = m["auc_ci95"] or (float("nan"), float("nan"))
+    for warning in m["warnings"]:
+        print(f"WARNING: {warning}")
+    print(f"{m['split']} ({m['split_role']}): {m['n']} patches, {m['n_positive']} tumour")
+    print(f"AUC {m['auc']:.4f} (95% CI {lo:.4f}-{hi:.4f})  accuracy {m['accuracy']:.4f}  "
+          f"balanced accuracy {m['balanced_accuracy']:.4f}")  # fmt: skip
+    print(f"threshold {m['threshold']:.4f}: sensitivity {m['sensitivity']:.4f}  specificity {m['specificity']:.4f}  "
+          f"NLL {m['nll']:.4f}  ECE {m['ece']:.4f}  (temperature {m['temperature']:.3f}, TTA {'on' if m['tta'] else 'off'})")  # fmt: skip
+    print(m["classification_report_text"])
+    print(f"Report: {Path(args.out) / 'report.html'}  metrics: {Path(args.out) / 'metrics.json'}")
+    return 0

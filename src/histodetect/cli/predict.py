@@ -1,0 +1,99 @@
+"""`histodetect predict`: tumour probabilities for new patches, written as a Kaggle-style CSV."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from histodetect.cli import options
+
+if TYPE_CHECKING:
+    from histodetect.inference.predictor import PredictionRow
+
+HELP = "classify patches (image files, folders, globs, stores, PCam _x.h5) into a CSV of id,label"
+MAX_LISTED_FAILURES = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files (.tif/.png/.jpg), folders (searched recursively), glob patterns, "
+        "patch store folders or PCam _x.h5 files",
+    )
+    parser.add_argument(
+        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+    )
+    options.add_out(parser, "CSV file to write (id,label = tumour probability)")
+    parser.add_argument(
+        "--tta", action="store_true", help="average over the 8 flips/rotations of each patch"
+    )
+    parser.add_argument("--with-path", action="store_true", help="add a path column")
+    parser.add_argument(
+        "--with-class",
+        action="store_true",
+        help="add class (0/1 at the model's threshold) and class_name columns",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--resize", action="store_true", help="resize images of another size (bicubic)"
+    )
+    size.add_argument(
+        "--center-crop", action="store_true", help="take the central patch of larger images"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="patches per forward pass (default 256)"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto"
+    )
+    options.add_workers(parser)
+    options.add_overwrite(parser)
+    options.add_progress(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from histodetect.inference.inputs import collect_inputs
+    from histodetect.inference.predictor import Predictor, check_output, write_predictions_csv
+
+    check_output(args.out, args.overwrite)
+    groups = collect_inputs(args.inputs)
+    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    spec = predictor.spec
+    print(
+        f"Model: {predictor.model_path} ({spec.model_name}, threshold {spec.threshold:.3f}, "
+        f"temperature {spec.temperature:.3f}{', TTA x8' if args.tta else ''}) "
+        f"on {predictor.device}."
+    )
+    rows = predictor.predict_inputs(
+        groups, args.resize, args.center_crop, args.progress, args.workers
+    )
+    columns = write_predictions_csv(
+        rows, args.out, args.with_path, args.with_class, spec, overwrite=args.overwrite
+    )
+    return _report(rows, args.out, added_path="path" in columns and not args.with_path)
+
+
+def _report(rows: list[PredictionRow], out: Path, added_path: bool) -> int:
+    """Warn about repeated ids, list failures, print the summary; 1 when nothing was predicted."""
+    from histodetect.inference.predictor import duplicate_ids
+
+    if added_path:
+        duplicates = duplicate_ids(rows)
+        print(
+            f"warning: {len(duplicates)} ids occur more than once (e.g. {duplicates[0]}); "
+            "added a path column to tell them apart.",
+            file=sys.stderr,
+        )
+    failed = [row for row in rows if row.error is not None]
+    for row in failed[:MAX_LISTED_FAILURES]:
+        print(f"  {row.path}: {row.error}", file=sys.stderr)
+    if len(failed) > MAX_LISTED_FAILURES:
+        more = len(failed) - MAX_LISTED_FAILURES
+        print(f"  ... and {more} more (see the error column)", file=sys.stderr)
+    print(f"{len(rows) - len(failed)} predicted, {len(failed)} failed.")
+    print(f"Predictions written to {out}.")
+    return 1 if failed and len(failed) == len(rows) else 0

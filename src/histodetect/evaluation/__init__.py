@@ -1,0 +1,1 @@
+"""Evaluation: metrics (pure functions), calibration and thresholds, the HTML report."""

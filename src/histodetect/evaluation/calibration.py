@@ -1,0 +1,78 @@
+"""Fitting a temperature and a decision threshold on a validation split."""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.metrics import roc_curve
+
+from histodetect.errors import HistodetectError
+
+THRESHOLD_METHODS = ("0.5", "youden", "sensitivity")
+LOG_T_BOUNDS = (-3.0, 3.0)  # temperatures between 0.05 and 20
+
+
+def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """sigmoid(logits / T), averaged over TTA views when logits are (n, views)."""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
+    return p.mean(axis=1) if p.ndim == 2 else p
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """The temperature T > 0 that minimises the negative log-likelihood of sigmoid(logits / T).
+
+    Temperature scaling (Guo et al. 2017) changes no ranking, so AUC stays; it makes the
+    probabilities honest. With TTA logits (n, 8), the mean of the 8 probabilities is scored.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+
+    def nll(log_t: float) -> float:
+        p = np.clip(probabilities(logits, float(np.exp(log_t))), 1e-7, 1 - 1e-7)
+        return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+    result = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded")
+    return float(np.exp(result.x))
+
+
+def parse_threshold_method(text: str) -> tuple[str, float | None]:
+    """ "0.5", "youden", "sensitivity=0.95" (target sensitivity), or a number like "0.3"."""
+    if text.startswith("sensitivity"):
+        _, _, value = text.partition("=")
+        target = float(value) if value else 0.95
+        if not 0 < target <= 1:
+            raise HistodetectError("a target sensitivity must lie in (0, 1].")
+        return "sensitivity", target
+    if text == "youden":
+        return "youden", None
+    try:
+        fixed = float(text)
+    except ValueError:
+        raise HistodetectError(
+            f"threshold {text!r} is not a number, 'youden' or 'sensitivity=0.95'."
+        ) from None
+    if not 0 <= fixed <= 1:
+        raise HistodetectError("a fixed threshold must lie in [0, 1].")
+    return "fixed", fixed
+
+
+def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str) -> float:
+    """Decision threshold on calibrated probabilities.
+
+    Args:
+        method: "youden" maximises sensitivity + specificity - 1; "sensitivity=0.95" takes the
+            highest threshold whose sensitivity is at least 0.95 (the best specificity that
+            keeps that sensitivity); a number is used as it is.
+    """
+    kind, value = parse_threshold_method(method)
+    if kind == "fixed":
+        assert value is not None
+        return value
+    if len(np.unique(labels)) < 2:
+        raise HistodetectError("fitting a threshold needs both classes in the calibration split.")
+    fpr, tpr, thresholds = roc_curve(labels, probs)
+    thresholds = np.clip(thresholds, 0.0, 1.0)
+    if kind == "youden":
+        return float(thresholds[np.argmax(tpr - fpr)])
+    assert value is not None
+    ok = np.flatnonzero(tpr >= value)
+    return float(thresholds[ok[0]])

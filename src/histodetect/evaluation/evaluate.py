@@ -1,0 +1,200 @@
+"""evaluate(): score a store split with a model, fit calibration on another split, write the report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histodetect.data.splits import choose_split
+from histodetect.data.store import PatchStore, open_store
+from histodetect.errors import HistodetectError
+from histodetect.evaluation.calibration import choose_threshold, fit_temperature, probabilities
+from histodetect.evaluation.metrics import compute_metrics
+from histodetect.inference.scoring import pick_device, score_array
+from histodetect.models.checkpoint import MODEL_FILE, LoadedModel, load_checkpoint, update_spec
+
+OPTIMISTIC = "this split is not slide-disjoint from training: every figure is optimistic"
+
+
+@dataclass(frozen=True)
+class EvalSplit:
+    """Store rows of one evaluated split and what it was used for."""
+
+    name: str
+    indices: np.ndarray
+    role: str
+    warnings: tuple[str, ...] = ()
+
+
+def run_dir_of(loaded: LoadedModel) -> Path | None:
+    """The training run folder a model file came from, when it is one."""
+    folder = loaded.path.parent
+    if loaded.path.suffix == ".ckpt":
+        folder = folder.parent
+    return folder if (folder / "config.json").is_file() else None
+
+
+def resolve_split(store: PatchStore, name: str, loaded: LoadedModel) -> EvalSplit:
+    """Rows of split `name`: the store's own split, or the run's train/valid split re-derived."""
+    labelled = store.indices(name, labelled=True)
+    trained_here = loaded.metadata.get("store_fingerprint") == store.fingerprint
+    if len(labelled):
+        role = "held-out split"
+        if trained_here and name == "valid":
+            role = "validation split (selected the best epoch)"
+        if trained_here and name == "train":
+            role = "training split: figures say how well the model fits, not how it generalises"
+        return EvalSplit(name, labelled, role)
+    if name in store.split_names:
+        raise HistodetectError(f"split {name!r} of {store.root} has no labels to evaluate against.")
+    run_dir = run_dir_of(loaded)
+    if name not in ("train", "valid") or run_dir is None or not trained_here:
+        raise HistodetectError(
+            f"{store.root} has no split {name!r}; it has: {', '.join(store.split_names)}."
+        )
+    from histodetect.training.config import TrainConfig
+
+    config = TrainConfig.load(run_dir)
+    split = choose_split(store, config.valid_fraction, config.seed)
+    warnings = () if split.slide_disjoint else (OPTIMISTIC,)
+    rows = split.valid if name == "valid" else split.train
+    return EvalSplit(name, rows, f"the training run's {split.method} {name} split", warnings)
+
+
+def _score(
+    loaded: LoadedModel,
+    store: PatchStore,
+    rows: np.ndarray,
+    tta: bool,
+    device: str,
+    batch_size: int,
+) -> np.ndarray:
+    pixels = store.read(rows)
+    return score_array(
+        loaded.model,
+        loaded.spec,
+        pixels,
+        tta=tta,
+        batch_size=batch_size,
+        device=pick_device(device),
+    )
+
+
+def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: str, tta: bool,
+              device: str = "auto", batch_size: int = 256) -> LoadedModel:  # fmt: skip
+    """Fit temperature and threshold on `split`; save them into the model file's ModelSpec."""
+    if loaded.path.name != MODEL_FILE and loaded.path.suffix != ".pt":
+        raise HistodetectError(
+            f"calibration is saved into a {MODEL_FILE}; {loaded.path} is a training checkpoint."
+        )
+    logits = _score(loaded, store, split.indices, tta, device, batch_size)
+    labels = store.manifest.labels[split.indices].astype(int)
+    temperature = fit_temperature(logits, labels)
+    threshold = choose_threshold(labels, probabilities(logits, temperature), method)
+    spec = loaded.spec.replace(temperature=temperature, threshold=threshold)
+    calibration = {"store_fingerprint": store.fingerprint, "split": split.name, "method": method,
+                   "tta": tta, "temperature": temperature, "threshold": threshold}  # fmt: skip
+    update_spec(loaded.path, spec, {"calibration": calibration})
+    return LoadedModel(
+        loaded.model, spec, loaded.path, {**loaded.metadata, "calibration": calibration}
+    )
+
+
+def _role_with_calibration(split: EvalSplit, loaded: LoadedModel, store: PatchStore) -> str:
+    cal = loaded.metadata.get("calibration") or {}
+    if cal.get("store_fingerprint") == store.fingerprint and cal.get("split") == split.name:
+        return (f"{split.role}; it also fitted the threshold and temperature, so threshold-dependent "
+                "figures are optimistic (AUC is unaffected by either)")  # fmt: skip
+    return split.role
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """How to evaluate: split reported, TTA, optional calibration split and threshold rule."""
+
+    split: str = "valid"
+    tta: bool = False
+    calibrate_on: str | None = None
+    threshold: str = "youden"
+    device: str = "auto"
+    batch_size: int = 256
+    n_boot: int = 1000
+
+
+def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | str,
+             options: EvaluateOptions | None = None) -> dict[str, Any]:  # fmt: skip
+    """Evaluate a model on one split of a store; write metrics.json, report.html and plots.
+
+    Raises:
+        HistodetectError: unknown split, no labels, or calibration asked on the reported split.
+    """
+    opts = options or EvaluateOptions()
+    if opts.calibrate_on is not None and opts.calibrate_on == opts.split:
+        raise HistodetectError(
+            f"the threshold and temperature must be fitted on another split than the one reported; "
+            f"use --calibrate-on valid with --split test (not both {opts.split})."
+        )
+    loaded, store = load_checkpoint(model), open_store(store_path)
+    if opts.calibrate_on is not None:
+        loaded = calibrate(loaded, store, resolve_split(store, opts.calibrate_on, loaded),
+                           opts.threshold, opts.tta, opts.device, opts.batch_size)  # fmt: skip
+    split = resolve_split(store, opts.split, loaded)
+    logits = _score(loaded, store, split.indices, opts.tta, opts.device, opts.batch_size)
+    probs = probabilities(logits, loaded.spec.temperature)
+    labels = store.manifest.labels[split.indices].astype(int)
+    slides = store.manifest.slides[split.indices]
+    metrics = compute_metrics(
+        labels, probs, loaded.spec.threshold, loaded.spec.class_names, slides, opts.n_boot
+    )
+    metrics.update(_context(loaded, store, split, opts))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / "metrics.json", metrics)
+    _write_report(out, metrics, labels, probs, store, split, loaded)
+    return metrics
+
+
+def _context(
+    loaded: LoadedModel, store: PatchStore, split: EvalSplit, opts: EvaluateOptions
+) -> dict[str, Any]:
+    cal = loaded.metadata.get("calibration") or {}
+    return {
+        "split": split.name,
+        "split_role": _role_with_calibration(split, loaded, store),
+        "warnings": list(split.warnings),
+        "temperature": loaded.spec.temperature,
+        "threshold_method": cal.get("method"),
+        "tta": opts.tta,
+        "model": str(loaded.path),
+        "model_name": loaded.spec.model_name,
+        "store": str(store.root),
+        "store_fingerprint": store.fingerprint,
+    }
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f"{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    tmp.replace(path)
+
+
+def _write_report(out: Path, metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray,
+                  store: PatchStore, split: EvalSplit, loaded: LoadedModel) -> Path:  # fmt: skip
+    from histodetect.evaluation.report import ReportInputs, write_report
+    from histodetect.training.metrics_log import read_epoch_metrics
+
+    run_dir = run_dir_of(loaded)
+    inputs = ReportInputs(
+        metrics=metrics,
+        labels=labels,
+        probabilities=probs,
+        ids=store.manifest.ids[split.indices],
+        origins=store.manifest.origins[split.indices],
+        read_pixels=lambda idx: store.read(split.indices[np.asarray(idx)]),
+        training_curves=read_epoch_metrics(run_dir) if run_dir else {},
+    )
+    return write_report(out, inputs)

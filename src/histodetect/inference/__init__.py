@@ -1,0 +1,1 @@
+"""Inference: trained model + ModelSpec -> tumour probabilities for patches, files, folders, stores."""

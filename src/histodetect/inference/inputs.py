@@ -1,0 +1,296 @@
+"""What `predict` reads: `collect_inputs` resolves arguments (files, folders, globs, stores,
+PCam _x.h5 files) in order, failing on paths that do not exist; `iter_batches` reads them,
+decoding image files in worker processes. An unusable file becomes a row with an error."""
+
+from __future__ import annotations
+
+import glob
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from itertools import islice
+from pathlib import Path
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from histodetect.data.quality import CONVERTED
+from histodetect.data.sources.image_file import IMAGE_SUFFIXES, decode_image
+from histodetect.errors import HistodetectError
+
+FILES_PER_TASK = 512
+"""Image files one worker decodes per task (and the largest batch handed to the model)."""
+ROWS_PER_READ = 1024
+"""Patches read from a store or .h5 file at once."""
+STORE_HEADER = "header.json"
+SUFFIXES_TEXT = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+@dataclass(frozen=True)
+class InputGroup:
+    """Inputs read the same way: a run of image files, one patch store, or one .h5 x file."""
+
+    kind: Literal["files", "store", "h5"]
+    path: Path | None = None  # store folder or .h5 file
+    files: tuple[Path, ...] = ()
+    count: int = 0
+    size_px: int = 0  # patch side of a store or .h5 file
+
+    @property
+    def n_patches(self) -> int:
+        """Rows this group gives: one per file, or one per stored patch."""
+        return len(self.files) if self.kind == "files" else self.count
+
+
+@dataclass
+class Batch:
+    """Rows read together, in input order; `pixels` holds only the rows without an error.
+
+    Attributes:
+        ids, paths, errors: one entry per row; errors[i] is None when row i was read.
+        pixels: uint8 (number of rows without error, S, S, 3), in row order.
+    """
+
+    ids: list[str]
+    paths: list[str]
+    errors: list[str | None]
+    pixels: np.ndarray
+
+
+# ----------------------------------------------------------------------------- collecting
+
+
+def collect_inputs(args: Iterable[str | Path]) -> list[InputGroup]:
+    """Resolve files, folders, unexpanded globs, stores and .h5 files into groups, in order.
+
+    Raises:
+        HistodetectError: a path that does not exist, a glob that matches nothing, a folder
+            without images, or a file histodetect cannot predict on.
+    """
+    groups: list[InputGroup] = []
+    files: list[Path] = []  # consecutive image files become one group
+    for group in (g for arg in args for g in _resolve(str(arg))):
+        if group.kind == "files":
+            files += group.files
+            continue
+        if files:
+            groups.append(InputGroup("files", files=tuple(files)))
+            files = []
+        groups.append(group)
+    return [*groups, InputGroup("files", files=tuple(files))] if files else groups
+
+
+def _resolve(arg: str) -> list[InputGroup]:
+    path = Path(arg).expanduser()
+    if path.exists():
+        return [_resolve_path(path, explicit=True)]
+    if any(char in arg for char in "*?["):
+        # Path.glob takes no absolute patterns; glob.glob takes any the shell would.
+        matches = sorted(glob.glob(str(path), recursive=True))  # noqa: PTH207
+        if not matches:
+            raise HistodetectError(f"no file matches {arg}.")
+        groups = [_resolve_path(Path(m), explicit=False) for m in matches]
+        groups = [g for g in groups if g.n_patches or g.kind != "files"]
+        if not groups:
+            raise HistodetectError(f"{arg} matches no image, patch store or .h5 file.")
+        return groups
+    raise HistodetectError(f"{arg} does not exist.")
+
+
+def _resolve_path(path: Path, explicit: bool) -> InputGroup:
+    if path.is_dir():
+        if (path / STORE_HEADER).is_file():
+            return _store_group(path)
+        return InputGroup("files", files=_folder_images(path, explicit))
+    name = path.name.lower()
+    if name.endswith((".h5", ".hdf5")):
+        return _h5_group(path)
+    if name.endswith(".h5.gz"):
+        raise HistodetectError(
+            f"{path} is gzipped; gunzip it first, or ingest it with `histodetect ingest`."
+        )
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return InputGroup("files", files=(path,))
+    if not explicit:
+        return InputGroup("files")  # a glob also matched something else: skip it
+    raise HistodetectError(
+        f"{path} is not an image ({SUFFIXES_TEXT}), a patch store or a PCam _x.h5 file."
+    )
+
+
+def _folder_images(folder: Path, explicit: bool) -> tuple[Path, ...]:
+    """Image files under `folder`, recursively, sorted, skipping hidden files and folders."""
+    files = sorted(
+        p
+        for p in folder.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
+    if not files and explicit:
+        raise HistodetectError(
+            f"{folder} holds no {SUFFIXES_TEXT} images (pass a PCam _x.h5 file or a patch "
+            "store folder directly)."
+        )
+    return tuple(files)
+
+
+def _store_group(path: Path) -> InputGroup:
+    from histodetect.data.store import open_store
+
+    store = open_store(path)  # checks the header, manifest and pixel file
+    return InputGroup("store", path=path, count=len(store), size_px=int(store.pixels.shape[1]))
+
+
+def _h5_group(path: Path) -> InputGroup:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "x" not in f:
+                hint = " (a PCam _y file holds labels; pass the _x file)" if "y" in f else ""
+                raise HistodetectError(f"{path} has no dataset 'x' of patches{hint}.")
+            x = f["x"]
+            if x.ndim != 4 or x.shape[3] != 3 or x.shape[1] != x.shape[2] or x.dtype != np.uint8:
+                raise HistodetectError(
+                    f"{path} holds {x.dtype} {x.shape} arrays, expected uint8 (N, 96, 96, 3)."
+                )
+            return InputGroup("h5", path=path, count=int(x.shape[0]), size_px=int(x.shape[1]))
+    except OSError as exc:
+        raise HistodetectError(f"{path} cannot be read as an HDF5 file ({exc}).") from exc
+
+
+def check_sizes(groups: Sequence[InputGroup], size_px: int, resize: bool, crop: bool) -> None:
+    """Refuse stores and .h5 files whose patches the model cannot take as they are."""
+    for side, path in ((g.size_px, g.path) for g in groups if g.kind != "files"):
+        if side != size_px and not resize and not (crop and side > size_px):
+            raise HistodetectError(
+                f"{path} holds {side}x{side} px patches but the model takes "
+                f"{size_px}x{size_px}; use --resize (or --center-crop for larger patches)."
+            )
+
+
+# ----------------------------------------------------------------------------- size policy
+
+
+def fit_to_size(
+    pixels: np.ndarray, size_px: int, resize: bool = False, center_crop: bool = False
+) -> tuple[np.ndarray | None, str | None]:
+    """(pixels, None) with (H, W, 3) brought to (size, size, 3), or (None, why it cannot be)."""
+    h, w = pixels.shape[:2]
+    if (h, w) == (size_px, size_px):
+        return pixels, None
+    if resize:
+        from PIL import Image
+
+        image = Image.fromarray(pixels).resize((size_px, size_px), Image.Resampling.BICUBIC)
+        return np.asarray(image, dtype=np.uint8), None
+    if center_crop:
+        if h < size_px or w < size_px:
+            return None, f"is {w}x{h} px, smaller than the {size_px}x{size_px} centre crop"
+        top, left = (h - size_px) // 2, (w - size_px) // 2
+        return pixels[top : top + size_px, left : left + size_px], None
+    return None, (
+        f"is {w}x{h} px, expected {size_px}x{size_px}; use --resize or --center-crop "
+        "(whole slides come later)"
+    )
+
+
+def decode_files(
+    paths: Sequence[Path], size_px: int, resize: bool = False, center_crop: bool = False
+) -> Batch:
+    """Decode image files into one Batch (runs in a worker process)."""
+    pixels = np.empty((len(paths), size_px, size_px, 3), dtype=np.uint8)
+    errors: list[str | None] = []
+    n_ok = 0
+    for path in paths:
+        decoded = decode_image(path, expected_px=None)
+        image, error = decoded.pixels, None
+        if decoded.problem is not None and decoded.problem.kind != CONVERTED:
+            error = decoded.problem.reason
+        if image is not None and error is None:
+            image, error = fit_to_size(image, size_px, resize, center_crop)
+        if image is not None and error is None:
+            pixels[n_ok] = image
+            n_ok += 1
+        errors.append(error)
+    return Batch([p.stem for p in paths], [str(p) for p in paths], errors, pixels[:n_ok])
+
+
+def _fit_array(pixels: np.ndarray, size_px: int, resize: bool, crop: bool) -> np.ndarray:
+    if pixels.shape[1] == size_px:
+        return pixels
+    fitted = [fit_to_size(p, size_px, resize, crop)[0] for p in pixels]
+    return np.stack([p for p in fitted if p is not None]).astype(np.uint8, copy=False)
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def iter_batches(
+    groups: Sequence[InputGroup],
+    size_px: int,
+    *,
+    resize: bool = False,
+    center_crop: bool = False,
+    workers: int = 1,
+) -> Iterator[Batch]:
+    """Read every group in order; image files are decoded by `workers` processes."""
+    if resize and center_crop:
+        raise HistodetectError("choose one of --resize and --center-crop, not both.")
+    check_sizes(groups, size_px, resize, center_crop)
+    for group in groups:
+        if group.kind == "files":
+            chunks = [
+                group.files[i : i + FILES_PER_TASK]
+                for i in range(0, len(group.files), FILES_PER_TASK)
+            ]
+            decode = partial(decode_files, size_px=size_px, resize=resize, center_crop=center_crop)
+            yield from ordered_map(decode, chunks, workers)
+        else:
+            for ids, paths, pixels in _iter_arrays(group):
+                fitted = _fit_array(pixels, size_px, resize, center_crop)
+                yield Batch(ids, paths, [None] * len(ids), fitted)
+
+
+def _iter_arrays(group: InputGroup) -> Iterator[tuple[list[str], list[str], np.ndarray]]:
+    """(ids, paths, uint8 pixels) slices of a store or an .h5 x file, never all at once."""
+    assert group.path is not None
+    if group.kind == "store":
+        from histodetect.data.store import open_store
+
+        store = open_store(group.path)
+        for start in range(0, len(store), ROWS_PER_READ):
+            stop = min(start + ROWS_PER_READ, len(store))
+            ids = [str(i) for i in store.manifest.ids[start:stop]]
+            paths = [f"{group.path}#{row}" for row in range(start, stop)]
+            yield ids, paths, np.array(store.pixels[start:stop], dtype=np.uint8)
+        return
+    import h5py
+
+    with h5py.File(group.path, "r") as f:
+        x = f["x"]
+        for start in range(0, group.count, ROWS_PER_READ):
+            stop = min(start + ROWS_PER_READ, group.count)
+            rows = range(start, stop)
+            paths = [f"{group.path}#{row}" for row in rows]
+            yield [str(row) for row in rows], paths, np.asarray(x[start:stop], dtype=np.uint8)
+
+
+def ordered_map(fn: Callable[[_T], _R], tasks: Sequence[_T], workers: int) -> Iterator[_R]:
+    """map(fn, tasks) in order over a process pool, keeping at most 2 x workers tasks ahead."""
+    if workers <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+        queue = iter(tasks)
+        pending: deque[Future[_R]] = deque(pool.submit(fn, t) for t in islice(queue, 2 * workers))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(pool.submit(fn, t) for t in islice(queue, 1))
+            yield result

@@ -1,0 +1,220 @@
+"""Predictor: a trained model turning patches, files, folders, stores and PCam .h5 files into
+calibrated tumour probabilities, and the Kaggle-style CSV (`id,label`) they are written to."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from histodetect.data.sources.base import default_workers
+from histodetect.errors import HistodetectError
+from histodetect.inference.inputs import Batch, InputGroup, collect_inputs, iter_batches
+from histodetect.inference.scoring import logits_to_probabilities, pick_device, score_array
+from histodetect.models.checkpoint import load_checkpoint
+from histodetect.models.spec import ModelSpec
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class PredictionRow:
+    """One input patch: its id, where it came from, and its probability or why it has none.
+
+    Attributes:
+        id: file name without extension, store id, or row number in an .h5 file.
+        path: the file, or `<store or .h5 path>#<row>`.
+        probability: calibrated tumour probability in [0, 1]; None when the input failed.
+        error: why the input could not be predicted; None when it was.
+    """
+
+    id: str
+    path: str
+    probability: float | None
+    error: str | None = None
+
+
+class Predictor:
+    """A model loaded once for inference.
+
+    Args:
+        model_path: exported model.pt, training checkpoint or run folder; None for the bundled
+            model.
+        tta: average the probabilities of the 8 dihedral views of each patch.
+        device: "auto" (CUDA when present), "cpu" or "cuda".
+        batch_size: patches per forward pass.
+    """
+
+    def __init__(
+        self,
+        model_path: Path | str | None = None,
+        *,
+        tta: bool = False,
+        device: str = "auto",
+        batch_size: int = 256,
+    ) -> None:
+        if batch_size < 1:
+            raise HistodetectError(f"--batch-size must be at least 1, got {batch_size}.")
+        self.device = _device(device)
+        loaded = load_checkpoint(model_path)
+        self.model = loaded.model.to(self.device).eval()
+        self.spec: ModelSpec = loaded.spec
+        self.model_path: Path = loaded.path
+        self.metadata = loaded.metadata
+        self.tta = tta
+        self.batch_size = batch_size
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Calibrated tumour probabilities, float64 (n,), of uint8 (n, S, S, 3) patches."""
+        logits = score_array(
+            self.model,
+            self.spec,
+            pixels,
+            tta=self.tta,
+            batch_size=self.batch_size,
+            device=self.device,
+        )
+        return logits_to_probabilities(logits, self.spec)
+
+    def predict_paths(
+        self,
+        paths: Iterable[str | Path],
+        resize: bool = False,
+        center_crop: bool = False,
+        progress: bool = True,
+        workers: int = 0,
+    ) -> list[PredictionRow]:
+        """One row per patch of image files, folders, globs, stores and .h5 files, in order.
+
+        Args:
+            resize: bicubic-resize images of another size to the model's patch size.
+            center_crop: take the central patch of larger images.
+            workers: decoding processes; 0 means one per CPU core.
+
+        Raises:
+            HistodetectError: a path that does not exist or cannot be predicted on at all.
+                Unreadable or unusable image files become rows with an error instead.
+        """
+        groups = collect_inputs(paths)
+        return self.predict_inputs(groups, resize, center_crop, progress, workers)
+
+    def predict_inputs(
+        self,
+        groups: Sequence[InputGroup],
+        resize: bool = False,
+        center_crop: bool = False,
+        progress: bool = True,
+        workers: int = 0,
+    ) -> list[PredictionRow]:
+        """`predict_paths` for inputs already collected by `collect_inputs`."""
+        from tqdm import tqdm
+
+        batches = iter_batches(
+            groups,
+            self.spec.patch_size_px,
+            resize=resize,
+            center_crop=center_crop,
+            workers=workers or default_workers(),
+        )
+        rows: list[PredictionRow] = []
+        total = sum(group.n_patches for group in groups)
+        with tqdm(total=total, unit="patch", desc="predict", disable=not progress) as bar:
+            for batch in batches:
+                rows += batch_rows(batch, self.predict_pixels(batch.pixels))
+                bar.update(len(batch.ids))
+        return rows
+
+
+def batch_rows(batch: Batch, probabilities: np.ndarray) -> list[PredictionRow]:
+    """Rows of a batch, giving the probabilities in order to the rows read without error."""
+    values = iter(probabilities.tolist())
+    return [
+        PredictionRow(pid, path, None if error else float(next(values)), error)
+        for pid, path, error in zip(batch.ids, batch.paths, batch.errors, strict=True)
+    ]
+
+
+def _device(name: str) -> torch.device:
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise HistodetectError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}.")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HistodetectError(f"--device {name} asked for CUDA but none is available here.")
+    return pick_device(name)
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def duplicate_ids(rows: Sequence[PredictionRow]) -> list[str]:
+    """Ids that occur on more than one row, in order of first appearance."""
+    counts = Counter(row.id for row in rows)
+    return [pid for pid in dict.fromkeys(row.id for row in rows) if counts[pid] > 1]
+
+
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a folder, or that exists when `overwrite` is False."""
+    if out.is_dir():
+        raise HistodetectError(f"{out} is a folder; give a CSV file name to --out.")
+    if out.exists() and not overwrite:
+        raise HistodetectError(f"{out} already exists; choose another --out or pass --overwrite.")
+
+
+def csv_columns(rows: Sequence[PredictionRow], with_path: bool, with_class: bool) -> list[str]:
+    """`id,label`, then class and class_name, path (also when ids repeat), and error if any."""
+    columns = ["id", "label"]
+    if with_class:
+        columns += ["class", "class_name"]
+    if with_path or duplicate_ids(rows):
+        columns.append("path")
+    if any(row.error is not None for row in rows):
+        columns.append("error")
+    return columns
+
+
+def write_predictions_csv(
+    rows: Sequence[PredictionRow],
+    out: Path | str,
+    with_path: bool = False,
+    with_class: bool = False,
+    spec: ModelSpec | None = None,
+    *,
+    overwrite: bool = False,
+) -> list[str]:
+    """Write rows as CSV atomically (temp file in the same folder, then rename).
+
+    Probabilities get 6 decimals; failed rows an empty label. `with_class` adds the class at
+    ``spec.threshold`` and its name. Returns the columns written.
+    """
+    out = Path(out)
+    if with_class and spec is None:
+        raise HistodetectError("with_class needs the model spec (threshold, class names).")
+    check_output(out, overwrite)
+    columns = csv_columns(rows, with_path, with_class)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, columns, lineterminator="\n", extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(_csv_record(row, spec) for row in rows)
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return columns
+
+
+def _csv_record(row: PredictionRow, spec: ModelSpec | None) -> dict[str, str]:
+    record = {"id": row.id, "label": "", "class": "", "class_name": "", "path": row.path}
+    record["error"] = row.error or ""
+    if row.probability is not None:
+        record["label"] = f"{row.probability:.6f}"
+        if spec is not None:
+            label = int(row.probability >= spec.threshold)
+            record["class"], record["class_name"] = str(label), spec.class_names[label]
+    return record

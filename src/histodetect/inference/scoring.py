@@ -1,0 +1,86 @@
+"""Scoring uint8 patches with a loaded model: batched, on the best device, optionally with D4 TTA."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+
+from histodetect.augment import apply_d4
+from histodetect.models import ModelSpec, prepare_batch
+
+N_TTA_VIEWS = 8
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """The device to run on: "auto" takes CUDA when present, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def view_logits(
+    model: nn.Module, spec: ModelSpec, pixels: np.ndarray, tta: bool, device: torch.device
+) -> np.ndarray:
+    """Raw logits of one batch: float32 (n,) without TTA, (n, 8) with the 8 dihedral views.
+
+    Args:
+        pixels: uint8 (n, H, W, 3) patches as the model was trained on.
+    """
+    x = prepare_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(device), spec)
+    if device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    )
+    with autocast:
+        if not tta:
+            return model(x).float().cpu().numpy()
+        views = [model(apply_d4(x, k)).float() for k in range(N_TTA_VIEWS)]
+    return torch.stack(views, dim=1).cpu().numpy()
+
+
+def logits_to_probabilities(logits: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Calibrated tumour probability: sigmoid(logit / temperature), averaged over TTA views.
+
+    Args:
+        logits: (n,) or (n, views).
+    """
+    probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / spec.temperature))
+    return probs.mean(axis=1) if probs.ndim == 2 else probs
+
+
+def iter_logits(
+    model: nn.Module,
+    spec: ModelSpec,
+    batches: Iterable[np.ndarray],
+    *,
+    tta: bool = False,
+    device: torch.device | None = None,
+) -> Iterator[np.ndarray]:
+    """Logits for each uint8 batch in turn (model moved to `device`, eval mode)."""
+    device = device or pick_device()
+    model.to(device).eval()
+    for pixels in batches:
+        yield view_logits(model, spec, pixels, tta, device)
+
+
+def score_array(
+    model: nn.Module,
+    spec: ModelSpec,
+    pixels: np.ndarray,
+    *,
+    tta: bool = False,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Logits for all patches of an in-memory (or memory-mapped) uint8 (n, H, W, 3) array."""
+    batches = (pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size))
+    parts = list(iter_logits(model, spec, batches, tta=tta, device=device))
+    if not parts:
+        return np.zeros((0, N_TTA_VIEWS) if tta else (0,), dtype=np.float32)
+    return np.concatenate(parts)

@@ -1,0 +1,81 @@
+"""evaluate(): calibration on one split, report on another, honest split roles, refusals."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from histodetect.cli.main import main
+from histodetect.errors import HistodetectError
+from histodetect.evaluation.evaluate import EvaluateOptions, evaluate
+from histodetect.models import ModelSpec, build_model, tiny_model_kwargs
+from histodetect.models.checkpoint import load_checkpoint, save_model
+from histodetect.training.config import resolve_config
+from histodetect.training.fit import fit
+from imagefiles import make_synthetic_store
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("eval") / "store"
+    make_synthetic_store(path, n=240, holdout=("valid", "test"))
+    return path
+
+
+@pytest.fixture
+def model_file(tmp_path: Path) -> Path:
+    spec = ModelSpec("histonet", tiny_model_kwargs("histonet"))
+    save_model(tmp_path / "model.pt", build_model(spec), spec, {})
+    return tmp_path / "model.pt"
+
+
+def test_calibrate_on_valid_report_on_test(store: Path, model_file: Path, tmp_path: Path) -> None:
+    opts = EvaluateOptions(
+        split="test", calibrate_on="valid", threshold="sensitivity=0.9", n_boot=50
+    )
+    m = evaluate(model_file, store, tmp_path / "report", opts)
+    assert m["split"] == "test" and m["split_role"] == "held-out split" and m["n"] == 60
+    assert (tmp_path / "report" / "report.html").is_file()
+    saved = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert (
+        saved["auc"] == pytest.approx(m["auc"]) and saved["threshold_method"] == "sensitivity=0.9"
+    )
+    loaded = load_checkpoint(model_file)
+    assert loaded.spec.threshold == pytest.approx(m["threshold"])
+    assert (
+        loaded.spec.temperature == pytest.approx(m["temperature"])
+        and loaded.spec.temperature != 1.0
+    )
+    assert loaded.metadata["calibration"]["split"] == "valid"
+    # reporting the calibration split afterwards is allowed but labelled optimistic
+    again = evaluate(model_file, store, tmp_path / "r2", EvaluateOptions(split="valid", n_boot=20))
+    assert "optimistic" in again["split_role"]
+
+
+def test_fitting_on_the_reported_split_is_refused(
+    store: Path, model_file: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(HistodetectError, match="another split than the one reported"):
+        evaluate(
+            model_file, store, tmp_path / "r", EvaluateOptions(split="test", calibrate_on="test")
+        )
+    with pytest.raises(HistodetectError, match="has no split 'holdout'"):
+        evaluate(model_file, store, tmp_path / "r", EvaluateOptions(split="holdout"))
+
+
+def test_run_split_is_rederived_and_cli_prints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_synthetic_store(tmp_path / "store", n=200)  # no valid split: training held out slides
+    config = resolve_config(str(tmp_path / "store"), str(tmp_path / "run"), epochs=1, max_steps_per_epoch=2,
+                            model="histonet", model_kwargs=tiny_model_kwargs("histonet"))  # fmt: skip
+    fit(config, progress=False)
+    info = json.loads((tmp_path / "run" / "run_info.json").read_text())
+    argv = ["evaluate", str(tmp_path / "run"), "--data", str(tmp_path / "store"), "--split", "valid",
+            "--out", str(tmp_path / "report"), "--tta", "--bootstrap", "20"]  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "slide-grouped valid split" in out and "AUC" in out and "tumour" in out
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert metrics["n"] == info["n_valid"] and metrics["tta"] is True
+    assert (tmp_path / "report" / "training_curves.png").is_file()

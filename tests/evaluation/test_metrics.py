@@ -1,0 +1,97 @@
+"""Metrics and calibration as pure functions, checked against hand computations."""
+
+import numpy as np
+import pytest
+
+from histodetect.errors import HistodetectError
+from histodetect.evaluation.calibration import (
+    choose_threshold,
+    fit_temperature,
+    parse_threshold_method,
+    probabilities,
+)
+from histodetect.evaluation.metrics import (
+    bootstrap_auc_ci,
+    compute_auc,
+    compute_metrics,
+    expected_calibration_error,
+    negative_log_likelihood,
+    threshold_metrics,
+)
+
+
+def test_threshold_metrics_by_hand() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 1, 1])
+    probs = np.array([0.1, 0.6, 0.2, 0.9, 0.4, 0.7, 0.8])
+    m = threshold_metrics(labels, probs, 0.5)
+    assert m["confusion_matrix"] == [[2, 1], [1, 3]]
+    assert m["sensitivity"] == pytest.approx(3 / 4) and m["specificity"] == pytest.approx(2 / 3)
+    assert m["precision"] == pytest.approx(3 / 4) and m["accuracy"] == pytest.approx(5 / 7)
+    assert m["balanced_accuracy"] == pytest.approx((3 / 4 + 2 / 3) / 2)
+
+
+def test_auc_nll_ece() -> None:
+    labels = np.array([0, 0, 1, 1])
+    assert compute_auc(labels, np.array([0.1, 0.4, 0.35, 0.8])) == pytest.approx(0.75)
+    assert compute_auc(np.array([1, 1]), np.array([0.2, 0.3])) is None
+    assert negative_log_likelihood(np.array([1, 0]), np.array([0.5, 0.5])) == pytest.approx(
+        np.log(2)
+    )
+    rng = np.random.default_rng(0)
+    p = rng.uniform(size=20000)
+    calibrated = (rng.uniform(size=20000) < p).astype(int)
+    assert expected_calibration_error(calibrated, p) < 0.02
+    assert expected_calibration_error(np.zeros(100, int), np.full(100, 0.9)) == pytest.approx(0.9)
+
+
+def test_bootstrap_interval_brackets_auc() -> None:
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 400)
+    probs = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 400), 0, 1)
+    lo, hi = bootstrap_auc_ci(labels, probs, n_boot=300)  # type: ignore[misc]
+    auc = compute_auc(labels, probs)
+    assert auc is not None and lo < auc < hi and hi - lo < 0.15
+
+
+def test_compute_metrics_has_report_and_per_slide() -> None:
+    labels = np.array([0, 1, 0, 1, 1, 0])
+    probs = np.array([0.2, 0.9, 0.4, 0.6, 0.3, 0.1])
+    m = compute_metrics(
+        labels, probs, 0.5, slides=np.array(["a", "a", "b", "b", "c", "c"]), n_boot=50
+    )
+    assert (
+        "tumour" in m["classification_report_text"]
+        and m["classification_report"]["tumour"]["support"] == 3
+    )
+    slides = {row["slide"]: row for row in m["per_slide"]}
+    assert slides["c"]["accuracy"] == pytest.approx(0.5) and slides["a"]["auc"] == pytest.approx(
+        1.0
+    )
+    assert "per_slide" not in compute_metrics(
+        labels, probs, 0.5, slides=np.array([""] * 6), n_boot=10
+    )
+
+
+def test_temperature_recovers_the_true_one() -> None:
+    rng = np.random.default_rng(2)
+    logits = rng.normal(0, 4, 20000)
+    labels = (rng.uniform(size=20000) < 1 / (1 + np.exp(-logits / 2.0))).astype(int)
+    assert fit_temperature(logits, labels) == pytest.approx(2.0, rel=0.1)
+    tta_logits = np.stack([logits] * 8, axis=1)
+    assert fit_temperature(tta_logits, labels) == pytest.approx(2.0, rel=0.1)
+    assert probabilities(tta_logits, 2.0) == pytest.approx(probabilities(logits, 2.0))
+
+
+def test_threshold_rules() -> None:
+    labels = np.array([0] * 50 + [1] * 50)
+    probs = np.concatenate([np.linspace(0.0, 0.6, 50), np.linspace(0.4, 1.0, 50)])
+    youden = choose_threshold(labels, probs, "youden")
+    assert 0.38 <= youden <= 0.62  # anywhere in the overlap of the two classes
+    high_sens = choose_threshold(labels, probs, "sensitivity=0.98")
+    assert (probs[labels == 1] >= high_sens).mean() >= 0.98 and high_sens < youden
+    assert choose_threshold(labels, probs, "0.5") == 0.5
+    assert parse_threshold_method("sensitivity") == ("sensitivity", 0.95)
+    with pytest.raises(HistodetectError, match="not a number"):
+        parse_threshold_method("best")
+    with pytest.raises(HistodetectError, match="both classes"):
+        choose_threshold(np.ones(5, int), np.linspace(0, 1, 5), "youden")
