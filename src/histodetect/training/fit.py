@@ -23,6 +23,7 @@ from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.metrics_log import LOG_DIR, merge_parts, set_aside
 from histodetect.training.module import PatchClassifier
+from histodetect.training.progress import EpochSummary
 
 CHECKPOINT_DIR = "checkpoints"
 SUMMARY_FILE = "summary.json"
@@ -109,6 +110,7 @@ def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
             every_n_train_steps=config.checkpoint_every_steps,
         ),
         LearningRateMonitor(logging_interval="epoch"),
+        EpochSummary(),
     ]
     if progress:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
