@@ -126,7 +126,9 @@ def sample_grid(store: PatchStore, out: Path, per_class: int = 8, seed: int = 0)
     fig, axes = plt.subplots(2, per_class, figsize=(1.4 * per_class, 3.4), squeeze=False)
     for r, (label, name) in enumerate(rows):
         pool = np.flatnonzero(store.manifest.labels == label)
-        picks = rng.choice(pool, size=min(per_class, len(pool)), replace=False) if len(pool) else pool
+        picks = (
+            rng.choice(pool, size=min(per_class, len(pool)), replace=False) if len(pool) else pool
+        )
         for c, ax in enumerate(axes[r]):
             ax.set_axis_off()
             if c < len(picks):

@@ -54,7 +54,9 @@ def read_epoch_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
         for key, value in row.items():
             if key in ("epoch", "step") or value in ("", None) or key.endswith("_step"):
                 continue
-            series.setdefault(key.removesuffix("_epoch"), []).append((int(_epoch(row)), float(value)))
+            series.setdefault(key.removesuffix("_epoch"), []).append(
+                (int(_epoch(row)), float(value))
+            )
     return series
 
 
