@@ -79,3 +79,29 @@ def test_run_split_is_rederived_and_cli_prints(
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert metrics["n"] == info["n_valid"] and metrics["tta"] is True
     assert (tmp_path / "report" / "training_curves.png").is_file()
+
+
+def test_calibrate_command_saves_into_the_model(
+    store: Path, model_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [
+        "calibrate",
+        str(model_file),
+        "--data",
+        str(store),
+        "--split",
+        "valid",
+        "--threshold",
+        "0.35",
+    ]
+    assert main(argv) == 0
+    assert "threshold 0.3500" in capsys.readouterr().out
+    loaded = load_checkpoint(model_file)
+    assert (
+        loaded.spec.threshold == pytest.approx(0.35)
+        and loaded.metadata["calibration"]["method"] == "0.35"
+    )
+    m = evaluate(
+        model_file, store, model_file.parent / "r", EvaluateOptions(split="test", n_boot=20)
+    )
+    assert m["split_role"] == "held-out split" and m["threshold"] == pytest.approx(0.35)

@@ -18,6 +18,7 @@ COMMANDS = {
     "inspect": "histodetect.cli.inspect",
     "models": "histodetect.cli.models",
     "train": "histodetect.cli.train",
+    "calibrate": "histodetect.cli.calibrate",
     "evaluate": "histodetect.cli.evaluate",
     "predict": "histodetect.cli.predict",
 }

@@ -50,7 +50,7 @@ class TrainConfig:
     model: str = "histonet_s"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     crop_px: int | None = None
-    epochs: int = 20
+    epochs: int = 12
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 3e-3

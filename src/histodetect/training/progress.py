@@ -11,7 +11,7 @@ SHOWN = ("train_loss_epoch", "train_acc", "train_auc", "val_loss", "val_acc", "v
 
 
 class EpochSummary(L.Callback):
-    """Print `epoch 3/20  train_loss 0.412 ... val_auc 0.931  lr 2.1e-03  85 s` after validation."""
+    """Print `epoch 3/20  train_loss 0.412 ... val_auc 0.931  lr 2.1e-03  85 s` after each epoch."""
 
     def __init__(self) -> None:
         self._started = time.monotonic()
@@ -19,8 +19,9 @@ class EpochSummary(L.Callback):
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.monotonic()
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or not trainer.is_global_zero:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Runs after this epoch's validation, so train and val metrics are both known.
+        if not trainer.is_global_zero:
             return
         metrics: dict[str, Any] = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs}"]

@@ -1,0 +1,41 @@
+"""Copy a calibrated run's model.pt into the package as the bundled model, stamped with its figures.
+
+Usage: python scripts/bundle_model.py RUN_DIR METRICS_JSON [TTA_METRICS_JSON]
+(see scripts/train_bundled_model.sh for the whole recipe).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from histodetect.models.checkpoint import BUNDLED_MODEL, load_checkpoint, save_model
+
+PACKAGE = Path(__file__).resolve().parents[1] / "src" / "histodetect"
+
+
+def main(run_dir: Path, metrics_path: Path, tta_metrics_path: Path | None) -> None:
+    loaded = load_checkpoint(run_dir / "model.pt")
+    if "calibration" not in loaded.metadata:
+        raise SystemExit(f"{run_dir} is not calibrated: run `histodetect calibrate` first.")
+    metrics = json.loads(metrics_path.read_text())
+    figures = {key: metrics[key] for key in ("auc", "auc_ci95", "accuracy", "balanced_accuracy",
+                                             "sensitivity", "specificity", "threshold", "n")}  # fmt: skip
+    metadata = {**loaded.metadata, "valid_auc": metrics["auc"], "valid_metrics": figures,
+                "recipe": "scripts/train_bundled_model.sh"}  # fmt: skip
+    if tta_metrics_path is not None:
+        metadata["valid_auc_tta"] = json.loads(tta_metrics_path.read_text())["auc"]
+    out = PACKAGE / BUNDLED_MODEL
+    out.parent.mkdir(exist_ok=True)
+    save_model(out, loaded.model, loaded.spec, metadata)
+    print(
+        f"bundled {run_dir / 'model.pt'} -> {out} ({out.stat().st_size / 1e6:.1f} MB), valid AUC {metrics['auc']:.4f}"
+    )
+
+
+if __name__ == "__main__":
+    args = [Path(a) for a in sys.argv[1:]]
+    if len(args) not in (2, 3):
+        raise SystemExit(__doc__)
+    main(args[0], args[1], args[2] if len(args) == 3 else None)

@@ -1,0 +1,42 @@
+"""`histodetect calibrate`: fit temperature and decision threshold on a split; save them in the model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "fit temperature and threshold on a (validation) split and save them in the model's spec"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", type=Path, help="run folder or model.pt")
+    parser.add_argument("--data", type=Path, required=True, help="patch store folder")
+    parser.add_argument(
+        "--split", default="valid", help="split to fit on (default valid); never report it as test"
+    )
+    parser.add_argument(
+        "--threshold",
+        default="youden",
+        help="youden (default), sensitivity=0.95, or a fixed number such as 0.5",
+    )
+    parser.add_argument(
+        "--tta", action="store_true", help="fit on TTA probabilities (then predict with --tta)"
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--batch-size", type=int, default=256)
+
+
+def run(args: argparse.Namespace) -> int:
+    from histodetect.data.store import open_store
+    from histodetect.evaluation.evaluate import calibrate, resolve_split
+    from histodetect.models.checkpoint import load_checkpoint
+
+    loaded, store = load_checkpoint(args.model), open_store(args.data)
+    split = resolve_split(store, args.split, loaded)
+    cal = calibrate(loaded, store, split, args.threshold, args.tta, args.device, args.batch_size)
+    print(f"Fitted on {split.name} ({len(split.indices)} patches, {split.role}): temperature "
+          f"{cal.spec.temperature:.3f}, threshold {cal.spec.threshold:.4f} ({args.threshold}); saved in {cal.path}.")  # fmt: skip
+    print(
+        "Report on a different split (e.g. --split test), or label figures on this split as validation."
+    )
+    return 0
