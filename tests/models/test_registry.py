@@ -22,6 +22,7 @@ from histodetect.models import (
     registry,
     tiny_model_kwargs,
 )
+from histodetect.models.histonet import HistoNet
 from histodetect.models.seed_cnn import SeedCNN, feature_map_side_px
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -142,3 +143,10 @@ def test_seed_cnn_sizes_and_finite_output() -> None:
     assert logits.shape == (3,) and torch.isfinite(logits).all()
     with pytest.raises(HistodetectError):
         create_model("seed_cnn", input_size_px=20)
+
+
+def test_histonet_downsamples_only_2x_in_stem() -> None:
+    model = create_model(DEFAULT_MODEL, **tiny_model_kwargs(DEFAULT_MODEL))
+    assert isinstance(model, HistoNet)
+    assert model.stem(torch.rand(1, 3, 96, 96)).shape[-2:] == (48, 48)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())

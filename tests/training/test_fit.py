@@ -58,6 +58,7 @@ def test_fit_writes_a_complete_run_folder(store_path: Path, tmp_path: Path) -> N
     assert {"torch", "lightning", "histodetect"} <= set(info["versions"])
     loaded = load_checkpoint(run)
     assert loaded.spec.model_name == "histonet" and loaded.spec.mean != (0.0, 0.0, 0.0)
+    assert "stem_stride" in loaded.spec.model_kwargs, "defaults are frozen into the spec"
     assert loaded.metadata["store_fingerprint"] == info["store_fingerprint"]
     assert TrainConfig.load(run).to_dict() == json.loads(json.dumps(config.to_dict()))
 

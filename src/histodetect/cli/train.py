@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", help="registry name (see `histodetect models`)")
     parser.add_argument(
-        "--model-kwargs", type=json.loads, help="builder options as JSON, e.g. '{\"width\": 48}'"
+        "--model-kwargs",
+        type=json.loads,
+        help="builder options as JSON, e.g. '{\"stage_widths\": [16, 32, 64, 192]}'",
     )
     parser.add_argument(
         "--crop", dest="crop_px", type=int, help="centre crop in px fed to the model (e.g. 32)"

@@ -10,6 +10,7 @@ from histodetect.models.registry import (
     model_kwarg_names,
     model_names,
     register_model,
+    resolved_model_kwargs,
     tiny_model_kwargs,
 )
 from histodetect.models.spec import (
@@ -39,5 +40,6 @@ __all__ = [
     "pixels_to_float",
     "prepare_batch",
     "register_model",
+    "resolved_model_kwargs",
     "tiny_model_kwargs",
 ]

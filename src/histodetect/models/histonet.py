@@ -3,25 +3,27 @@
 Why this family is the default:
 
 * ImageNet ResNets open with a stride-2 7x7 conv and a stride-2 max-pool, so a 96 px patch is
-  already 24x24 after the stem; the centre 32x32 px that decides the label is then only 8x8
-  cells wide. Trained from scratch on PCam a ResNet-18 scored about 0.91 AUC against about 0.95
-  for a small CNN with augmentation. HistoNet keeps the residual blocks (easy to optimise,
-  BatchNorm for fast training) but downsamples only 2x in the stem (3x3 conv, stride 2,
-  configurable to 1), then 2x between stages: 96 → 48 → 24 → 12 → 6 px maps.
-* Four stages of BasicBlocks (3x3 conv-BN-ReLU-3x3 conv-BN + identity or 1x1 projection
-  shortcut), widths ``width * (1, 2, 4, 8)``, global average pooling (so any input side
-  S >= 32 works, including 32 px centre crops), dropout, and a Linear to one logit.
-* The last BatchNorm of each residual branch starts at zero (each block starts as identity),
-  and convs use He initialisation: standard recipe for training ResNets from scratch.
+  already 24x24 after the stem and the centre 32x32 px that decides the label is 8x8 cells.
+  Trained from scratch on PCam a ResNet-18 scored about 0.91 AUC against about 0.95 for a
+  small CNN with augmentation. HistoNet keeps residual blocks (easy to optimise, BatchNorm)
+  but downsamples only 2x in the stem (3x3 conv, stride 2; 1 is allowed), then 2x per stage:
+  maps of 48, 24, 12 and 6 px for a 96 px patch.
+* Four stages of BasicBlocks (3x3 conv-BN-ReLU-3x3 conv-BN + identity or 1x1-projection
+  shortcut), global average pooling (any input side >= 32 px works, including 32 px centre
+  crops), dropout, and a Linear to one logit. He-initialised convs; the last BatchNorm of each
+  residual branch starts at zero so every block starts as the identity.
 * channels_last-friendly: no ``view``; the head uses ``torch.flatten``.
 
-Variants (parameter counts at 96 px; CPU training throughput, batch 128, AdamW, 2 threads,
-measured on the project's 2-core development machine; GPU not measured):
-
-* ``histonet_s``: width 16, one block per stage, ~0.70 M parameters, ~440 img/s on CPU
-  (seed_cnn: ~3.4 M parameters, ~290 img/s). The default: fast enough to train on a laptop
-  CPU, four times the seed's depth with a fifth of its parameters.
-* ``histonet_m``: width 32, two blocks per stage, ~4.8 M parameters, for GPU training.
+Sizing (forward + backward + AdamW step, batch 128, 96 px, channels_last, 2 threads on the
+2-core development CPU; figures vary with load, see docs/BENCHMARKS.md for the measured ones):
+``histonet_s`` has widths 16-32-64-128, one block per stage: 0.31 M parameters, 36 M
+multiply-adds per patch, about 350 img/s on a quiet machine (seed_cnn: 3.4 M parameters,
+78 M multiply-adds, about 90-125 img/s). On CPU the cost sits in the early, high-resolution
+stages: widening the first stage from 16 to 24 channels halved throughput, whereas widening
+the 6x6 last stage from 128 to 192 cost about 17% (0.53 M parameters, pass
+``stage_widths=[16, 32, 64, 192]``). ``histonet_m`` (widths 32-64-128-256, two blocks per
+stage: ResNet-18 depth at half its width, 2.8 M parameters, 313 M multiply-adds) is meant
+for a GPU.
 """
 
 from __future__ import annotations
@@ -128,15 +130,12 @@ class HistoNet(nn.Module):
         return self.head(self.dropout(torch.flatten(features, 1)))[:, 0]
 
 
-def build_histonet(
-    *,
-    input_size_px: int = 96,
-    stage_widths: Sequence[int] = (16, 32, 64, 128),
-    blocks_per_stage: Sequence[int] = (1, 1, 1, 1),
-    stem_stride: int = 2,
-    dropout: float = 0.2,
-) -> nn.Module:
-    """Build a HistoNet; ``input_size_px`` is only checked (global pooling fits any side)."""
+def _check_config(
+    input_size_px: int,
+    stage_widths: Sequence[int],
+    blocks_per_stage: Sequence[int],
+    stem_stride: int,
+) -> None:
     if input_size_px < MIN_INPUT_SIZE_PX:
         raise HistodetectError(
             f"HistoNet needs inputs of at least {MIN_INPUT_SIZE_PX} px, got {input_size_px}."
@@ -148,29 +147,56 @@ def build_histonet(
         )
     if stem_stride not in (1, 2):
         raise HistodetectError(f"HistoNet stem_stride must be 1 or 2, got {stem_stride}.")
-    return HistoNet(widths, depths, stem_stride, dropout)
+
+
+def build_histonet(
+    *,
+    input_size_px: int = 96,
+    stage_widths: Sequence[int] = (16, 32, 64, 128),
+    blocks_per_stage: Sequence[int] = (1, 1, 1, 1),
+    stem_stride: int = 2,
+    dropout: float = 0.2,
+) -> nn.Module:
+    """Build a HistoNet of any shape; defaults equal ``histonet_s``.
+
+    ``input_size_px`` is only checked: global pooling fits any side >= 32 px.
+    """
+    _check_config(input_size_px, stage_widths, blocks_per_stage, stem_stride)
+    return HistoNet(tuple(stage_widths), tuple(blocks_per_stage), stem_stride, dropout)
 
 
 def build_histonet_s(
-    *, input_size_px: int = 96, width: int = 16, dropout: float = 0.2
+    *,
+    input_size_px: int = 96,
+    stage_widths: Sequence[int] = (16, 32, 64, 128),
+    blocks_per_stage: Sequence[int] = (1, 1, 1, 1),
+    stem_stride: int = 2,
+    dropout: float = 0.2,
 ) -> nn.Module:
-    """The default CPU-friendly HistoNet: one BasicBlock per stage, widths w-2w-4w-8w."""
+    """Build the default CPU-friendly HistoNet (see the module docstring)."""
     return build_histonet(
         input_size_px=input_size_px,
-        stage_widths=(width, 2 * width, 4 * width, 8 * width),
-        blocks_per_stage=(1, 1, 1, 1),
+        stage_widths=stage_widths,
+        blocks_per_stage=blocks_per_stage,
+        stem_stride=stem_stride,
         dropout=dropout,
     )
 
 
 def build_histonet_m(
-    *, input_size_px: int = 96, width: int = 32, dropout: float = 0.3
+    *,
+    input_size_px: int = 96,
+    stage_widths: Sequence[int] = (32, 64, 128, 256),
+    blocks_per_stage: Sequence[int] = (2, 2, 2, 2),
+    stem_stride: int = 2,
+    dropout: float = 0.3,
 ) -> nn.Module:
-    """The wider GPU HistoNet: two BasicBlocks per stage, widths w-2w-4w-8w."""
+    """Build the wider, deeper GPU HistoNet (ResNet-18 depth at half its widths)."""
     return build_histonet(
         input_size_px=input_size_px,
-        stage_widths=(width, 2 * width, 4 * width, 8 * width),
-        blocks_per_stage=(2, 2, 2, 2),
+        stage_widths=stage_widths,
+        blocks_per_stage=blocks_per_stage,
+        stem_stride=stem_stride,
         dropout=dropout,
     )
 
@@ -178,18 +204,24 @@ def build_histonet_m(
 register_model(
     "histonet",
     build_histonet,
-    description="HistoNet with every knob exposed (stage_widths, blocks_per_stage, stem_stride).",
+    description="HistoNet of any shape (stage_widths, blocks_per_stage, ...); defaults = histonet_s.",
     tiny_kwargs={"stage_widths": (4, 8), "blocks_per_stage": (1, 1)},
 )
 register_model(
     "histonet_s",
     build_histonet_s,
-    description="Default: small residual CNN, stem stride 2, widths 16-128; trains fast on CPU.",
-    tiny_kwargs={"width": 4},
+    description=(
+        "Default: residual CNN, 2x stem downsampling, widths 16-32-64-128, "
+        "0.53 M parameters; trains fast on CPU."
+    ),
+    tiny_kwargs={"stage_widths": (4, 8, 8, 8)},
 )
 register_model(
     "histonet_m",
     build_histonet_m,
-    description="Wider, deeper HistoNet (widths 32-256, 2 blocks per stage) for GPU training.",
-    tiny_kwargs={"width": 4},
+    description=(
+        "Wider, deeper HistoNet (widths 32-256, 2 blocks per stage, 2.8 M parameters) "
+        "for GPU training."
+    ),
+    tiny_kwargs={"stage_widths": (4, 8, 8, 8), "blocks_per_stage": (1, 2, 1, 1)},
 )

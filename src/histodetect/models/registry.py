@@ -146,6 +146,22 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return entry.builder(**kwargs)
 
 
+def resolved_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """Every builder option of `name` (except input_size_px) with its value: defaults + `kwargs`.
+
+    Stored in a checkpoint's ModelSpec so that changing a default later never changes what an
+    old checkpoint rebuilds.
+    """
+    entry = _entry(name)
+    _check_kwargs(name, entry.kwarg_names, kwargs)
+    defaults = {
+        p.name: p.default
+        for p in inspect.signature(entry.builder).parameters.values()
+        if p.name != "input_size_px"
+    }
+    return {**defaults, **kwargs}
+
+
 def count_parameters(model: nn.Module) -> int:
     """Return the number of scalar parameters in a model (trainable or not)."""
     return sum(parameter.numel() for parameter in model.parameters())

@@ -17,7 +17,7 @@ from histodetect import __version__
 from histodetect.data.inspection import channel_mean_std
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
-from histodetect.models import ModelSpec
+from histodetect.models import ModelSpec, resolved_model_kwargs
 from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_model
 from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
@@ -62,7 +62,7 @@ def _spec_for(config: TrainConfig, store: PatchStore, train_idx: Any) -> ModelSp
         mean, std = (m[0], m[1], m[2]), (s[0], s[1], s[2])
     return ModelSpec(
         model_name=config.model,
-        model_kwargs=config.model_kwargs,
+        model_kwargs=resolved_model_kwargs(config.model, config.model_kwargs),
         crop_px=config.crop_px,
         mean=mean,
         std=std,
