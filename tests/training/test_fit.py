@@ -51,7 +51,7 @@ def test_fit_writes_a_complete_run_folder(store_path: Path, tmp_path: Path) -> N
         "val_loss",
         "val_acc",
         "val_auc",
-        "lr-AdamW",
+        "lr",
     } <= set(rows[0])
     info = json.loads((run / "run_info.json").read_text())
     assert info["split_method"] == "slide-grouped" and info["slide_disjoint"]

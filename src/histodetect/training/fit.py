@@ -84,7 +84,6 @@ def _precision(config: TrainConfig) -> str:
 def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
     from lightning.pytorch.callbacks import (
         EarlyStopping,
-        LearningRateMonitor,
         ModelCheckpoint,
         TQDMProgressBar,
     )
@@ -109,7 +108,6 @@ def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
             enable_version_counter=False,
             every_n_train_steps=config.checkpoint_every_steps,
         ),
-        LearningRateMonitor(logging_interval="epoch"),
         EpochSummary(),
     ]
     if progress:

@@ -75,6 +75,10 @@ class PatchClassifier(L.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True)
         self.log("train_auc", self.train_auc, on_step=False, on_epoch=True)
+        # mean learning rate over the epoch, so it lands in the epoch's row of metrics.csv
+        self.log(
+            "lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True
+        )
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

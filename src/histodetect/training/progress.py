@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning as L  # noqa: N812 - Lightning's documented alias
 
-SHOWN = ("train_loss_epoch", "train_acc", "train_auc", "val_loss", "val_acc", "val_auc")
+SHOWN = ("train_loss_epoch", "train_acc", "train_auc", "val_loss", "val_acc", "val_auc", "lr")
 
 
 class EpochSummary(L.Callback):
@@ -28,8 +28,5 @@ class EpochSummary(L.Callback):
         parts += [
             f"{k.removesuffix('_epoch')} {float(metrics[k]):.4f}" for k in SHOWN if k in metrics
         ]
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None
-        if lr is not None:
-            parts.append(f"lr {lr:.2e}")
         parts.append(f"{time.monotonic() - self._started:.0f} s")
         print("  ".join(parts), flush=True)
