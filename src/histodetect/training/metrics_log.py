@@ -51,6 +51,8 @@ def read_epoch_metrics(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     if not path.is_file():
         return series
     for row in _read(path):
+        if _epoch(row) < 0:  # step-only rows (older runs' lr monitor) have no epoch to plot at
+            continue
         for key, value in row.items():
             if key in ("epoch", "step") or value in ("", None) or key.endswith("_step"):
                 continue
