@@ -1,8 +1,9 @@
 """PatchBatches: seeded epochs, disjoint shards per process, resumable position."""
 
+import numpy as np
 import torch
 
-from histodetect.data.loader import PatchBatches
+from histodetect.data.loader import PatchBatches, shard_indices
 
 
 def _batches(n: int = 50, **kw: object) -> PatchBatches:
@@ -28,20 +29,20 @@ def test_epochs_are_seeded_permutations() -> None:
 
 
 def test_shards_are_disjoint_and_equal_when_training() -> None:
-    shards = [
-        _seen(_batches(shuffle=True, drop_last=True, seed=0, rank=r, world_size=2)) for r in (0, 1)
-    ]
-    assert len(shards[0]) == len(shards[1]) == 24
-    assert not set(shards[0]) & set(shards[1])
-    assert len(_batches(shuffle=True, drop_last=True, rank=0, world_size=2)) == 3
+    indices = np.arange(100, 151)
+    shards = [shard_indices(indices, r, 2, seed=0, equal=True) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 25
+    assert not set(shards[0]) & set(shards[1]) and set(shards[0]) <= set(indices)
+    again = shard_indices(indices, 0, 2, seed=0, equal=True)
+    assert np.array_equal(shards[0], again), "the same shard every epoch for a seed"
+    assert np.array_equal(shard_indices(indices, 0, 1, seed=0, equal=True), indices)
 
 
 def test_validation_covers_every_patch_in_order() -> None:
     assert _seen(_batches(shuffle=False, drop_last=False)) == list(range(50))
-    shards = [
-        _seen(_batches(shuffle=False, drop_last=False, rank=r, world_size=3)) for r in range(3)
-    ]
-    assert sorted(shards[0] + shards[1] + shards[2]) == list(range(50))
+    indices = np.arange(50)
+    shards = [shard_indices(indices, r, 3, seed=1, equal=False) for r in range(3)]
+    assert sorted(np.concatenate(shards).tolist()) == list(range(50))
 
 
 def test_state_dict_resumes_mid_epoch() -> None:

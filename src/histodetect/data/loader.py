@@ -20,6 +20,23 @@ def load_split(store: PatchStore, indices: np.ndarray) -> tuple[torch.Tensor, to
     return pixels, labels
 
 
+def shard_indices(
+    indices: np.ndarray, rank: int, world_size: int, seed: int, equal: bool
+) -> np.ndarray:
+    """This process's fixed share of `indices` under data parallelism.
+
+    A seeded permutation is dealt out round-robin, so every process holds a random, disjoint
+    part and loads only that part of the store. With `equal`, every share is cut to the same
+    length (training: all processes must take the same number of steps).
+    """
+    if world_size <= 1:
+        return indices
+    order = np.random.default_rng(seed).permutation(len(indices))
+    per_rank = len(indices) // world_size
+    share = order[rank::world_size]
+    return np.sort(indices[share[:per_rank] if equal else share])
+
+
 def fits_on_gpu(nbytes: int, device: torch.device) -> bool:
     """True when `nbytes` takes at most half of the free memory of a CUDA `device`."""
     if device.type != "cuda":
@@ -32,9 +49,8 @@ class PatchBatches:
     """An iterable of (pixels uint8 (b, 96, 96, 3), labels float (b,)) batches on `device`.
 
     Shuffled with a new seeded permutation each epoch (`set_epoch`, which Lightning calls
-    through the `sampler` attribute); under data parallelism each process takes every
-    `world_size`-th index of the permutation (its shard), so processes see disjoint patches.
-    `state_dict`/`load_state_dict` record the position in the epoch, so a run resumed from a
+    through the `sampler` attribute). Under data parallelism each process builds its own
+    PatchBatches from its shard (`shard_indices`). `state_dict`/`load_state_dict` record the position in the epoch, so a run resumed from a
     mid-epoch checkpoint continues with the batches it had not seen. When the pixels live on the GPU, a batch is one gather on the GPU. Otherwise
     the batch is gathered on the host into pinned memory and copied asynchronously.
 
@@ -45,7 +61,6 @@ class PatchBatches:
         shuffle: new order every epoch (training) or the stored order (validation).
         drop_last: drop a final short batch (training, keeps BatchNorm statistics sane).
         seed: base seed; epoch e uses seed + e.
-        rank, world_size: this process's place in data-parallel training.
         device: where batches are delivered.
     """
 
@@ -58,13 +73,11 @@ class PatchBatches:
         shuffle: bool,
         drop_last: bool,
         seed: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
         device: torch.device | str = "cpu",
     ) -> None:
         self.pixels, self.labels = pixels, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.seed = seed
         self.device = torch.device(device)
         self.epoch = 0
         self._yielded = 0  # batches handed out in the current epoch
@@ -85,27 +98,22 @@ class PatchBatches:
         """Continue from a saved position (the next iteration skips batches already seen)."""
         self.epoch, self._resume_at = int(state["epoch"]), int(state["batches"])
 
-    def _shard(self) -> torch.Tensor:
+    def _order(self) -> torch.Tensor:
         n = len(self.labels)
-        if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=generator)
-        else:
-            order = torch.arange(n)
-        per_rank = n // self.world_size if self.drop_last else -(-n // self.world_size)
-        shard = order[self.rank :: self.world_size][:per_rank]
-        return shard
+        if not self.shuffle:
+            return torch.arange(n)
+        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + self.epoch))
 
     def __len__(self) -> int:
-        n = len(self._shard())
+        n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        shard = self._shard()
+        order = self._order()
         start, self._resume_at = self._resume_at, 0
         for b in range(start, len(self)):
             self._yielded = b + 1
-            idx = shard[b * self.batch_size : (b + 1) * self.batch_size]
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self._gather(idx)
 
     def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,7 +6,7 @@ import lightning as L  # noqa: N812 - Lightning's documented alias
 import numpy as np
 import torch
 
-from histodetect.data.loader import PatchBatches, fits_on_gpu, load_split
+from histodetect.data.loader import PatchBatches, fits_on_gpu, load_split, shard_indices
 from histodetect.data.splits import Split, choose_split
 from histodetect.data.store import PatchStore
 from histodetect.training.config import TrainConfig
@@ -39,9 +39,16 @@ class PatchDataModule(L.LightningDataModule):
         return self.split.train
 
     def setup(self, stage: str) -> None:
+        """Load this process's shard of each split into memory (all of it without DDP)."""
         if self._train is None:
-            self._train = load_split(self.store, self.split.train)
-            self._valid = load_split(self.store, self.split.valid)
+            rank, world = (
+                (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            )
+            seed = self.config.seed
+            train = shard_indices(self.split.train, rank, world, seed, equal=True)
+            valid = shard_indices(self.split.valid, rank, world, seed, equal=False)
+            self._train = load_split(self.store, train)
+            self._valid = load_split(self.store, valid)
 
     def _device(self) -> torch.device:
         return (
@@ -62,7 +69,6 @@ class PatchDataModule(L.LightningDataModule):
                 self._train = data_holder
             else:
                 self._valid = data_holder
-        trainer = self.trainer
         return PatchBatches(
             pixels,
             labels,
@@ -70,8 +76,6 @@ class PatchDataModule(L.LightningDataModule):
             shuffle=train,
             drop_last=train,
             seed=self.config.seed,
-            rank=trainer.global_rank if trainer else 0,
-            world_size=trainer.world_size if trainer else 1,
             device=device,
         )
 
