@@ -152,14 +152,12 @@ class PatchStore:
     def read(self, indices: np.ndarray | list[int]) -> np.ndarray:
         """Copy the patches at `indices` into RAM as uint8 (n, 96, 96, 3), in the order given.
 
-        Reads in ascending file order (one forward pass over the memory map), then reorders.
+        One gather from the memory map: no decoding, no per-patch Python. (Sorting the indices
+        first and restoring the order afterwards measured 3x slower: the second copy costs more
+        than the page cache saves.)
         """
         idx = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(idx, kind="stable")
-        out = np.empty((len(idx), *self.pixels.shape[1:]), dtype=np.uint8)
-        out[order] = self.pixels[idx[order]]
-        return out
-
+        return np.asarray(self.pixels)[idx]
 
 def _open_pixels(path: Path, n: int) -> np.ndarray:
     """Memory-map the pixel file read-only, checking its size matches n patches."""
