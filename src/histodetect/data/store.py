@@ -159,6 +159,7 @@ class PatchStore:
         idx = np.asarray(indices, dtype=np.int64)
         return np.asarray(self.pixels)[idx]
 
+
 def _open_pixels(path: Path, n: int) -> np.ndarray:
     """Memory-map the pixel file read-only, checking its size matches n patches."""
     shape = (n, PATCH_SIZE_PX, PATCH_SIZE_PX, 3)

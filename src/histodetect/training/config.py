@@ -83,6 +83,9 @@ class TrainConfig:
             raise HistodetectError("valid fraction must lie strictly between 0 and 1.")
         if self.crop_px is not None and not 16 <= self.crop_px <= 96:
             raise HistodetectError("crop must be between 16 and 96 px.")
+        from histodetect.models import resolved_model_kwargs
+
+        resolved_model_kwargs(self.model, self.model_kwargs)  # unknown model or option: raises now
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict; `from_dict` reads it back."""
