@@ -93,8 +93,8 @@ def _write_blocks(
 def _add_block(
     block: Block, writer: StoreWriter, report: IngestReport, options: IngestOptions
 ) -> None:
-    flags = flag_outliers(block.pixels)
-    ids = patch_ids(block.pixels)
+    flags = block.flags if block.flags is not None else flag_outliers(block.pixels)
+    ids = block.ids if block.ids is not None else patch_ids(block.pixels)
     keep = np.ones(len(ids), dtype=bool)
     if options.drop_outliers:
         outlier = np.array([f != "" for f in flags], dtype=bool)

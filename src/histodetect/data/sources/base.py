@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from histodetect.data.patch import PATCH_SIZE_PX
-from histodetect.data.quality import Problem
+from histodetect.data.patch import PATCH_SIZE_PX, patch_ids
+from histodetect.data.quality import Problem, flag_outliers
 from histodetect.data.sources.image_file import decode_image
 
 FILES_PER_TASK = 256
@@ -47,6 +47,8 @@ class Block:
     origins: list[str]
     problems: list[Problem] = field(default_factory=list)
     n_inputs: int = 0  # inputs consumed (decoded or skipped), for progress bars
+    ids: list[str] | None = None  # SHA-1 per patch, when the reader computed them (in a worker)
+    flags: list[str] | None = None  # quality flags per patch, likewise
 
 
 class Source(ABC):
@@ -102,14 +104,17 @@ def decode_entries(entries: Sequence[FileEntry]) -> Block:
         if decoded.pixels is not None:
             pixels[len(keep)] = decoded.pixels
             keep.append(entry)
+    pixels = pixels[: len(keep)]
     return Block(
-        pixels=pixels[: len(keep)],
+        pixels=pixels,
         labels=np.array([e.label for e in keep], dtype=np.int8),
         splits=[e.split for e in keep],
         slides=[e.slide for e in keep],
         origins=[str(e.path) for e in keep],
         problems=problems,
         n_inputs=len(entries),
+        ids=patch_ids(pixels),  # hashing and flagging here runs them in the worker processes
+        flags=flag_outliers(pixels),
     )
 
 

@@ -41,7 +41,7 @@ class FolderSource(FileListSource):
                 reason = f"folder name {label_dir.name!r} is not a label (0 or 1); skipped"
                 self.problems.append(Problem(str(label_dir), BAD_LABEL, reason))
                 continue
-            for path in sorted(label_dir.iterdir()):
+            for path in sorted(label_dir.iterdir(), key=lambda p: p.name):
                 if path.suffix.lower() in IMAGE_SUFFIXES:
                     self.entries.append(FileEntry(path, label, split))
 
