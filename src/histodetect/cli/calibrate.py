@@ -5,25 +5,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from histodetect.cli import options
+
 HELP = "fit temperature and threshold on a (validation) split and save them in the model's spec"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="run folder or model.pt")
-    parser.add_argument("--data", type=Path, required=True, help="patch store folder")
+    options.add_store(parser)
     parser.add_argument(
         "--split", default="valid", help="split to fit on (default valid); never report it as test"
     )
-    parser.add_argument(
-        "--threshold",
-        default="youden",
-        help="youden (default), sensitivity=0.95, or a fixed number such as 0.5",
-    )
-    parser.add_argument(
-        "--tta", action="store_true", help="fit on TTA probabilities (then predict with --tta)"
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=256)
+    options.add_threshold(parser)
+    options.add_inference(parser)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,24 +12,16 @@ HELP = "evaluate a model on a store split: metrics.json, report.html, plots; opt
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="run folder, model.pt or checkpoint")
-    parser.add_argument("--data", type=Path, required=True, help="patch store folder")
+    options.add_store(parser)
     parser.add_argument("--split", default="valid", help="split to report (default valid)")
     options.add_out(parser, "report folder")
-    parser.add_argument(
-        "--tta", action="store_true", help="mean of probabilities over the 8 flips/rotations"
-    )
     parser.add_argument(
         "--calibrate-on",
         metavar="SPLIT",
         help="fit temperature and threshold on this split first and save them in the model (never the reported split)",
     )
-    parser.add_argument(
-        "--threshold",
-        default="youden",
-        help="with --calibrate-on: youden (default), sensitivity=0.95, or a fixed number such as 0.5",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--batch-size", type=int, default=256)
+    options.add_threshold(parser, "with --calibrate-on: ")
+    options.add_inference(parser)
     parser.add_argument(
         "--bootstrap", type=int, default=1000, help="resamples for the AUC interval"
     )

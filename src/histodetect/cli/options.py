@@ -39,3 +39,30 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace an existing output (the old one is kept until the new one is complete)",
     )
+
+
+def add_store(parser: argparse.ArgumentParser) -> None:
+    """--data: the patch store to read."""
+    parser.add_argument("--data", type=Path, required=True, help="patch store folder")
+
+
+def add_inference(parser: argparse.ArgumentParser) -> None:
+    """--tta, --device, --batch-size: how a model is run on patches."""
+    parser.add_argument(
+        "--tta", action="store_true", help="mean of probabilities over the 8 flips/rotations"
+    )
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="patches per forward pass (default 256)"
+    )
+
+
+def add_threshold(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """--threshold: the rule that picks the decision threshold."""
+    parser.add_argument(
+        "--threshold",
+        default="youden",
+        help=f"{when}youden (default), sensitivity=0.95, or a fixed number such as 0.5",
+    )

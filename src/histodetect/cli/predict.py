@@ -28,9 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
     )
     options.add_out(parser, "CSV file to write (id,label = tumour probability)")
-    parser.add_argument(
-        "--tta", action="store_true", help="average over the 8 flips/rotations of each patch"
-    )
     parser.add_argument("--with-path", action="store_true", help="add a path column")
     parser.add_argument(
         "--with-class",
@@ -44,12 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     size.add_argument(
         "--center-crop", action="store_true", help="take the central patch of larger images"
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=256, help="patches per forward pass (default 256)"
-    )
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto"
-    )
+    options.add_inference(parser)
     options.add_workers(parser)
     options.add_overwrite(parser)
     options.add_progress(parser)
