@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from histodetect.errors import HistodetectError
+from histodetect.errors import HistodetectError, reject_unknown_fields
 
 N_D4 = 8
 """Number of dihedral transforms of a square: 4 rotations x (no flip, horizontal flip)."""
@@ -278,13 +278,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AugmentConfig:
         """Build a config from a dict; missing keys take defaults, unknown keys raise."""
-        known = {config_field.name for config_field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HistodetectError(
-                f"Unknown augmentation keys {', '.join(unknown)}; valid keys: "
-                f"{', '.join(sorted(known))}."
-            )
+        reject_unknown_fields(cls, data, "augmentation keys")
         return cls(**data)
 
 

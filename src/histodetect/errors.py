@@ -1,5 +1,25 @@
 """The one exception type for errors a user can cause (bad path, corrupt file, wrong shape)."""
 
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
 
 class HistodetectError(Exception):
     """A problem the user can fix; the CLI prints its message as one sentence and exits non-zero."""
+
+
+def reject_unknown_fields(cls: type, data: Mapping[str, Any], what: str) -> None:
+    """Raise, naming the valid keys, when `data` has a key that is not a field of dataclass `cls`.
+
+    Every config schema (ModelSpec, AugmentConfig, TrainConfig) reads dicts this way: never
+    filtering unknown settings silently.
+    """
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise HistodetectError(
+            f"unknown {what} {', '.join(unknown)}; valid: {', '.join(sorted(known))}."
+        )

@@ -46,7 +46,7 @@ def test_json_round_trip() -> None:
 
 def test_from_dict_rejects_unknown_and_missing_keys() -> None:
     data = _spec().to_dict()
-    with pytest.raises(HistodetectError, match="Unknown model spec keys colour"):
+    with pytest.raises(HistodetectError, match="unknown model spec keys colour"):
         ModelSpec.from_dict({**data, "colour": 1})
     del data["model_name"]
     with pytest.raises(HistodetectError, match="model_name"):

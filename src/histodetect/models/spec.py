@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import math
@@ -12,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from histodetect.errors import HistodetectError
+from histodetect.errors import HistodetectError, reject_unknown_fields
 from histodetect.models.registry import create_model
 
 
@@ -125,13 +124,7 @@ class ModelSpec:
         """
         if not isinstance(data, dict):
             raise HistodetectError("A model spec must be a JSON object (dict).")
-        known = {spec_field.name for spec_field in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HistodetectError(
-                f"Unknown model spec keys {', '.join(unknown)}; valid keys: "
-                f"{', '.join(sorted(known))}."
-            )
+        reject_unknown_fields(cls, data, "model spec keys")
         if "model_name" not in data:
             raise HistodetectError("A model spec needs a model_name.")
         return cls(**data)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from histodetect.augment import AugmentConfig
-from histodetect.errors import HistodetectError
+from histodetect.errors import HistodetectError, reject_unknown_fields
 
 CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -96,12 +96,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
         """Rebuild from `to_dict` output; unknown keys raise, naming the valid ones."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise HistodetectError(
-                f"unknown training settings {', '.join(unknown)}; valid: {', '.join(sorted(known))}."
-            )
+        reject_unknown_fields(cls, data, "training settings")
         values = dict(data)
         values["augment"] = AugmentConfig.from_dict(values.get("augment", {}))
         return cls(**values)
