@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import lightning as L  # noqa: N812 - Lightning's documented alias
-import numpy as np
 import torch
 
 from histodetect.data.loader import PatchBatches, fits_on_gpu, load_split, shard_indices
@@ -35,20 +34,28 @@ class PatchDataModule(L.LightningDataModule):
             f"split: {s.method} ({disjoint}), {len(s.train)} train / {len(s.valid)} valid patches"
         )
 
-    def train_indices(self) -> np.ndarray:
-        return self.split.train
-
     def setup(self, stage: str) -> None:
-        """Load this process's shard of each split into memory (all of it without DDP)."""
-        if self._train is None:
-            rank, world = (
-                (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-            )
-            seed = self.config.seed
-            train = shard_indices(self.split.train, rank, world, seed, equal=True)
-            valid = shard_indices(self.split.valid, rank, world, seed, equal=False)
-            self._train = load_split(self.store, train)
-            self._valid = load_split(self.store, valid)
+        """Load this process's shard of each split into memory (all of it without DDP), on the
+        training GPU when it fits there."""
+        if self._train is not None:
+            return
+        rank, world = (
+            (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        )
+        seed = self.config.seed
+        train = load_split(
+            self.store, shard_indices(self.split.train, rank, world, seed, equal=True)
+        )
+        valid = load_split(
+            self.store, shard_indices(self.split.valid, rank, world, seed, equal=False)
+        )
+        device = self._device()
+        on_device = self.config.data_on_device == "auto" and fits_on_gpu(
+            train[0].nbytes + valid[0].nbytes, device
+        )
+        self._train, self._valid = (
+            (_to(train, device), _to(valid, device)) if on_device else (train, valid)
+        )
 
     def _device(self) -> torch.device:
         return (
@@ -56,19 +63,7 @@ class PatchDataModule(L.LightningDataModule):
         )
 
     def _batches(self, data: tuple[torch.Tensor, torch.Tensor], train: bool) -> PatchBatches:
-        device = self._device()
         pixels, labels = data
-        if (
-            self.config.data_on_device == "auto"
-            and fits_on_gpu(pixels.nbytes, device)
-            and pixels.device != device
-        ):
-            pixels, labels = pixels.to(device), labels.to(device)
-            data_holder = (pixels, labels)
-            if train:
-                self._train = data_holder
-            else:
-                self._valid = data_holder
         return PatchBatches(
             pixels,
             labels,
@@ -76,7 +71,7 @@ class PatchDataModule(L.LightningDataModule):
             shuffle=train,
             drop_last=train,
             seed=self.config.seed,
-            device=device,
+            device=self._device(),
         )
 
     def train_dataloader(self) -> PatchBatches:
@@ -86,3 +81,9 @@ class PatchDataModule(L.LightningDataModule):
     def val_dataloader(self) -> PatchBatches:
         assert self._valid is not None
         return self._batches(self._valid, train=False)
+
+
+def _to(
+    data: tuple[torch.Tensor, torch.Tensor], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return data[0].to(device), data[1].to(device)
