@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import nullcontext
 
 import numpy as np
 import torch
 from torch import nn
 
 from histodetect.augment import apply_d4
+from histodetect.hardware import autocast, resolve_precision, use_channels_last
 from histodetect.models import ModelSpec, prepare_batch
 
 N_TTA_VIEWS = 8
@@ -24,20 +24,25 @@ def pick_device(name: str = "auto") -> torch.device:
 
 @torch.inference_mode()
 def view_logits(
-    model: nn.Module, spec: ModelSpec, pixels: np.ndarray, tta: bool, device: torch.device
+    model: nn.Module,
+    spec: ModelSpec,
+    pixels: np.ndarray,
+    tta: bool,
+    device: torch.device,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Raw logits of one batch: float32 (n,) without TTA, (n, 8) with the 8 dihedral views.
 
     Args:
         pixels: uint8 (n, H, W, 3) patches as the model was trained on.
+        precision: `auto` (bf16 where the device computes it natively), `32-true` or
+            `bf16-mixed`; see `histodetect.hardware`.
     """
+    precision = resolve_precision(precision, device.type)
     x = prepare_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(device), spec)
-    if device.type == "cuda":
+    if use_channels_last(device.type, precision):
         x = x.contiguous(memory_format=torch.channels_last)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-    )
-    with autocast:
+    with autocast(device.type, precision):
         if not tta:
             return model(x).float().cpu().numpy()
         views = [model(apply_d4(x, k)).float() for k in range(N_TTA_VIEWS)]
@@ -61,12 +66,15 @@ def iter_logits(
     *,
     tta: bool = False,
     device: torch.device | None = None,
+    precision: str = "auto",
 ) -> Iterator[np.ndarray]:
     """Logits for each uint8 batch in turn (model moved to `device`, eval mode)."""
     device = device or pick_device()
     model.to(device).eval()
+    if use_channels_last(device.type, resolve_precision(precision, device.type)):
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     for pixels in batches:
-        yield view_logits(model, spec, pixels, tta, device)
+        yield view_logits(model, spec, pixels, tta, device, precision)
 
 
 def score_array(
@@ -77,10 +85,11 @@ def score_array(
     tta: bool = False,
     batch_size: int = 256,
     device: torch.device | None = None,
+    precision: str = "auto",
 ) -> np.ndarray:
     """Logits for all patches of an in-memory (or memory-mapped) uint8 (n, H, W, 3) array."""
     batches = (pixels[i : i + batch_size] for i in range(0, len(pixels), batch_size))
-    parts = list(iter_logits(model, spec, batches, tta=tta, device=device))
+    parts = list(iter_logits(model, spec, batches, tta=tta, device=device, precision=precision))
     if not parts:
         return np.zeros((0, N_TTA_VIEWS) if tta else (0,), dtype=np.float32)
     return np.concatenate(parts)

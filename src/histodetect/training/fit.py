@@ -17,6 +17,7 @@ from histodetect import __version__
 from histodetect.data.inspection import channel_mean_std
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
+from histodetect.hardware import resolve_precision
 from histodetect.models import ModelSpec, resolved_model_kwargs
 from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_model
 from histodetect.training.config import CONFIG_FILE, TrainConfig
@@ -70,15 +71,8 @@ def _spec_for(config: TrainConfig, store: PatchStore, train_idx: Any) -> ModelSp
 
 
 def _precision(config: TrainConfig) -> str:
-    if config.precision != "auto":
-        return config.precision
-    if (
-        torch.cuda.is_available()
-        and config.accelerator in ("auto", "gpu", "cuda")
-        and torch.cuda.is_bf16_supported()
-    ):
-        return "bf16-mixed"
-    return "32-true"
+    on_gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
+    return resolve_precision(config.precision, "cuda" if on_gpu else "cpu")
 
 
 def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
