@@ -245,12 +245,12 @@ class AugmentConfig:
 
     d4: bool = True
     hed: bool = True
-    hed_sigma: float = 0.05
-    hed_bias: float = 0.05
+    hed_sigma: float = 0.1
+    hed_bias: float = 0.1
     colour: bool = True
-    brightness: float = 0.1
-    contrast: float = 0.1
-    saturation: float = 0.1
+    brightness: float = 0.15
+    contrast: float = 0.2
+    saturation: float = 0.2
 
     def __post_init__(self) -> None:
         """Validate ranges so a bad config fails at load time, not mid-training."""

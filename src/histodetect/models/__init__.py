@@ -1,7 +1,7 @@
 """Model zoo (registry of families), ModelSpec, and the one preprocessing path."""
 
 # Importing a family module registers its models.
-from histodetect.models import histonet, seed_cnn, timm_backbone  # noqa: F401
+from histodetect.models import histocnn, histonet, seed_cnn, timm_backbone  # noqa: F401
 from histodetect.models.registry import (
     ModelInfo,
     count_parameters,

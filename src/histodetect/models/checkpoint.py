@@ -93,11 +93,7 @@ def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
         state, metadata = payload["state_dict"], payload.get("metadata", {})
     elif "hyper_parameters" in payload and "spec" in payload["hyper_parameters"]:
         spec = ModelSpec.from_dict(payload["hyper_parameters"]["spec"])
-        state = {
-            k.removeprefix("model."): v
-            for k, v in payload["state_dict"].items()
-            if k.startswith("model.")
-        }
+        state = _weights_from_lightning(payload["state_dict"])
         metadata = {"epoch": payload.get("epoch"), "global_step": payload.get("global_step")}
     else:
         raise HistodetectError(f"{file} is not a histodetect model or training checkpoint.")
@@ -110,6 +106,16 @@ def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
         ) from exc
     model.eval()
     return LoadedModel(model=model, spec=spec, path=file, metadata=metadata)
+
+
+EMA_PREFIX = "ema.module."
+"""Lightning state_dict prefix of the weight average (see training.module); preferred when present."""
+
+
+def _weights_from_lightning(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """The model's weights from a training checkpoint: the EMA average if it has one."""
+    prefix = EMA_PREFIX if any(k.startswith(EMA_PREFIX) for k in state_dict) else "model."
+    return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
 def _read(path: Path) -> dict[str, Any]:
