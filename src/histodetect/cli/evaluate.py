@@ -25,10 +25,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bootstrap", type=int, default=1000, help="resamples for the AUC interval"
     )
+    parser.add_argument(
+        "--shift",
+        metavar="NAMES",
+        help="also report AUC under seeded image shifts: a comma list of stain, colour, gamma, "
+        "blur, jpeg, noise, or all (robustness to other labs and scanners)",
+    )
+    parser.add_argument("--shift-seed", type=int, default=0, help="seed of the shifts (default 0)")
 
 
 def run(args: argparse.Namespace) -> int:
     from histodetect.evaluation.evaluate import EvaluateOptions, evaluate
+    from histodetect.evaluation.shifts import parse_shifts
 
     opts = EvaluateOptions(
         split=args.split,
@@ -38,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         n_boot=args.bootstrap,
+        shifts=parse_shifts(args.shift),
+        shift_seed=args.shift_seed,
     )
     m = evaluate(args.model, args.data, args.out, opts)
     lo, hi = m["auc_ci95"] or (float("nan"), float("nan"))
@@ -49,5 +59,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"threshold {m['threshold']:.4f}: sensitivity {m['sensitivity']:.4f}  specificity {m['specificity']:.4f}  "
           f"NLL {m['nll']:.4f}  ECE {m['ece']:.4f}  (temperature {m['temperature']:.3f}, TTA {'on' if m['tta'] else 'off'})")  # fmt: skip
     print(m["classification_report_text"])
+    for name, r in m.get("shifts", {}).get("results", {}).items():
+        ci = r["auc_ci95"]
+        interval = f" (95% CI {ci[0]:.4f}-{ci[1]:.4f})" if ci else ""
+        print(f"shift {name:7s} AUC {r['auc']:.4f}{interval}  {r['description']}")
     print(f"Report: {Path(args.out) / 'report.html'}  metrics: {Path(args.out) / 'metrics.json'}")
     return 0

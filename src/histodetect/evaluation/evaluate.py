@@ -123,6 +123,8 @@ class EvaluateOptions:
     device: str = "auto"
     batch_size: int = 256
     n_boot: int = 1000
+    shifts: tuple[str, ...] = ()
+    shift_seed: int = 0
 
 
 def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | str,
@@ -151,11 +153,28 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
         labels, probs, loaded.spec.threshold, loaded.spec.class_names, slides, opts.n_boot
     )
     metrics.update(_context(loaded, store, split, opts))
+    if opts.shifts:
+        metrics["shifts"] = _shift_robustness(loaded, store, split, labels, opts)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "metrics.json", metrics)
     _write_report(out, metrics, labels, probs, store, split, loaded)
     return metrics
+
+
+def _shift_robustness(loaded: LoadedModel, store: PatchStore, split: EvalSplit,
+                      labels: np.ndarray, opts: EvaluateOptions) -> dict[str, Any]:  # fmt: skip
+    """AUC of the same split under each seeded shift (see `histodetect.evaluation.shifts`)."""
+    from histodetect.evaluation.shifts import shifted_aucs
+
+    def score(pixels: np.ndarray) -> np.ndarray:
+        logits = score_array(loaded.model, loaded.spec, pixels, tta=opts.tta,
+                             batch_size=opts.batch_size, device=pick_device(opts.device))  # fmt: skip
+        return probabilities(logits, loaded.spec.temperature)
+
+    pixels = store.read(split.indices)
+    results = shifted_aucs(score, pixels, labels, opts.shifts, opts.shift_seed)
+    return {"seed": opts.shift_seed, "results": results}
 
 
 def _context(
