@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
 import sys
+import traceback
 from collections.abc import Sequence
 from types import ModuleType
 
@@ -58,6 +61,37 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except OSError as exc:
+        if exc.errno not in USER_OS_ERRORS:
+            return _internal_error(args.command, exc)
+        where = f" {exc.filename}" if exc.filename else ""
+        print(
+            f"histodetect {args.command}: error: cannot use{where}: {exc.strerror or exc}; "
+            "check the path, its permissions and the free disk space.",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as exc:  # the last line of defence: never a bare traceback
+        return _internal_error(args.command, exc)
+
+
+USER_OS_ERRORS = {
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOENT,
+    errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTEMPTY,
+}  # fmt: skip
+"""OS errors a user causes (permissions, read-only or full disk, a wrong path): one sentence."""
+
+
+def _internal_error(command: str, exc: BaseException) -> int:
+    """Anything else is a bug in histodetect: say so; the traceback only with HISTODETECT_DEBUG=1."""
+    if os.environ.get("HISTODETECT_DEBUG") == "1":
+        traceback.print_exc()
+    print(
+        f"histodetect {command}: internal error (a bug in histodetect, please report it with "
+        f"this line; HISTODETECT_DEBUG=1 shows the traceback): {type(exc).__name__}: {exc}",
+        file=sys.stderr,
+    )
+    return 1
 
 
 if __name__ == "__main__":
