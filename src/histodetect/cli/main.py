@@ -17,6 +17,7 @@ from histodetect.errors import HistodetectError
 # name -> module; each module defines HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "synth": "histodetect.cli.synth",
+    "download": "histodetect.cli.download",
     "ingest": "histodetect.cli.ingest",
     "inspect": "histodetect.cli.inspect",
     "models": "histodetect.cli.models",
