@@ -52,7 +52,7 @@ def test_16bit_grey_and_rgb_are_refused(tmp_path: Path, rng: np.random.Generator
         decoded = decode_image(path)
         assert decoded.pixels is None, path
         assert decoded.problem is not None and decoded.problem.kind == NOT_RGB
-        assert "8-bit" in decoded.problem.reason
+        assert "8-bit" in decoded.problem.reason and "mode" not in decoded.problem.reason
 
 
 def test_corrupt_and_truncated_files_are_unreadable(
@@ -76,3 +76,37 @@ def test_wrong_size_is_refused_with_sizes(tmp_path: Path, rng: np.random.Generat
     assert decoded.problem is not None and decoded.problem.kind == WRONG_SIZE
     assert "128x128" in decoded.problem.reason and "96x96" in decoded.problem.reason
     assert decode_image(tmp_path / "big.png", expected_px=None).pixels is not None
+
+
+def test_float_tiff_is_refused_in_plain_words(tmp_path: Path, rng: np.random.Generator) -> None:
+    import tifffile
+
+    for name, data, photometric in (
+        ("grey.tif", rng.random((96, 96), dtype=np.float32), "minisblack"),
+        ("rgb.tif", rng.random((96, 96, 3), dtype=np.float32), "rgb"),
+    ):
+        tifffile.imwrite(tmp_path / name, data, photometric=photometric)
+        decoded = decode_image(tmp_path / name)
+        assert decoded.problem is not None and decoded.problem.kind == NOT_RGB
+        assert "32-bit floating-point pixels" in decoded.problem.reason
+        assert "mode" not in decoded.problem.reason
+
+
+def test_multi_page_tiff_uses_page_one_and_says_so(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    import tifffile
+
+    pages = rng.integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "m.tif", pages, photometric="rgb")
+    decoded = decode_image(tmp_path / "m.tif")
+    assert decoded.pixels is not None and np.array_equal(decoded.pixels, pages[0])
+    assert decoded.problem is not None and decoded.problem.kind == CONVERTED
+    assert "3 pages" in decoded.problem.reason and "page 1" in decoded.problem.reason
+
+
+def test_broken_symlink_is_named(tmp_path: Path) -> None:
+    (tmp_path / "a.png").symlink_to(tmp_path / "gone.png")
+    decoded = decode_image(tmp_path / "a.png")
+    assert decoded.problem is not None and decoded.problem.kind == UNREADABLE
+    assert "broken symbolic link" in decoded.problem.reason and "gone.png" in decoded.problem.reason

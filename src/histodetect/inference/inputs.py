@@ -18,6 +18,7 @@ import numpy as np
 
 from histodetect.data.quality import CONVERTED
 from histodetect.data.sources.image_file import IMAGE_SUFFIXES, decode_image
+from histodetect.data.sources.pcam_h5 import open_h5, read_rows
 from histodetect.errors import HistodetectError
 
 FILES_PER_TASK = 512
@@ -124,13 +125,17 @@ def _resolve_path(path: Path, explicit: bool) -> InputGroup:
 
 
 def _folder_images(folder: Path, explicit: bool) -> tuple[Path, ...]:
-    """Image files under `folder`, recursively, sorted, skipping hidden files and folders."""
+    """Image files under `folder`, recursively, sorted, skipping hidden files and folders.
+
+    A broken symbolic link with an image name is kept: it becomes a row with an error rather
+    than vanishing from the output.
+    """
     files = sorted(
         p
         for p in folder.rglob("*")
         if p.suffix.lower() in IMAGE_SUFFIXES
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
+        and (p.is_file() or (p.is_symlink() and not p.exists()))
     )
     if not files and explicit:
         raise HistodetectError(
@@ -148,21 +153,16 @@ def _store_group(path: Path) -> InputGroup:
 
 
 def _h5_group(path: Path) -> InputGroup:
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            if "x" not in f:
-                hint = " (a PCam _y file holds labels; pass the _x file)" if "y" in f else ""
-                raise HistodetectError(f"{path} has no dataset 'x' of patches{hint}.")
-            x = f["x"]
-            if x.ndim != 4 or x.shape[3] != 3 or x.shape[1] != x.shape[2] or x.dtype != np.uint8:
-                raise HistodetectError(
-                    f"{path} holds {x.dtype} {x.shape} arrays, expected uint8 (N, 96, 96, 3)."
-                )
-            return InputGroup("h5", path=path, count=int(x.shape[0]), size_px=int(x.shape[1]))
-    except OSError as exc:
-        raise HistodetectError(f"{path} cannot be read as an HDF5 file ({exc}).") from exc
+    with open_h5(path) as f:
+        if "x" not in f:
+            hint = " (a PCam _y file holds labels; pass the _x file)" if "y" in f else ""
+            raise HistodetectError(f"{path} has no dataset 'x' of patches{hint}.")
+        x = f["x"]
+        if x.ndim != 4 or x.shape[3] != 3 or x.shape[1] != x.shape[2] or x.dtype != np.uint8:
+            raise HistodetectError(
+                f"{path} holds {x.dtype} {x.shape} arrays, expected uint8 (N, 96, 96, 3)."
+            )
+        return InputGroup("h5", path=path, count=int(x.shape[0]), size_px=int(x.shape[1]))
 
 
 def check_sizes(groups: Sequence[InputGroup], size_px: int, resize: bool, crop: bool) -> None:
@@ -271,15 +271,13 @@ def _iter_arrays(group: InputGroup) -> Iterator[tuple[list[str], list[str], np.n
             paths = [f"{group.path}#{row}" for row in range(start, stop)]
             yield ids, paths, np.array(store.pixels[start:stop], dtype=np.uint8)
         return
-    import h5py
-
-    with h5py.File(group.path, "r") as f:
+    with open_h5(group.path) as f:
         x = f["x"]
         for start in range(0, group.count, ROWS_PER_READ):
             stop = min(start + ROWS_PER_READ, group.count)
             rows = range(start, stop)
             paths = [f"{group.path}#{row}" for row in rows]
-            yield [str(row) for row in rows], paths, np.asarray(x[start:stop], dtype=np.uint8)
+            yield [str(row) for row in rows], paths, read_rows(x, start, stop, group.path)
 
 
 def ordered_map(fn: Callable[[_T], _R], tasks: Sequence[_T], workers: int) -> Iterator[_R]:

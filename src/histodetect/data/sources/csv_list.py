@@ -25,7 +25,7 @@ class CsvListSource(FileListSource):
             origin = f"{csv_path.name}:{line}"
             path = Path(row["path"])
             path = path if path.is_absolute() else base / path
-            if not path.is_file():
+            if not _is_file(path):
                 self.problems.append(Problem(origin, MISSING_IMAGE, f"no image at {path}"))
                 continue
             label = parse_label(row["label"], origin, self.problems)
@@ -33,3 +33,11 @@ class CsvListSource(FileListSource):
                 self.entries.append(
                     FileEntry(path, label, row.get("split", ""), row.get("slide", ""))
                 )
+
+
+def _is_file(path: Path) -> bool:
+    """Path.is_file that says False for names the file system refuses (e.g. too long)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False

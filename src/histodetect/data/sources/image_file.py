@@ -46,21 +46,16 @@ def decode_image(path: Path | str, expected_px: int | None = PATCH_SIZE_PX) -> D
         expected_px: required side in pixels; None accepts any size.
     """
     origin = str(path)
+    if Path(path).is_symlink() and not Path(path).exists():
+        reason = f"is a broken symbolic link (its target {Path(path).readlink()} does not exist)"
+        return Decoded(None, Problem(origin, UNREADABLE, reason))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as image:
-                mode = image.mode
-                if _more_than_8_bits(image):
-                    return Decoded(None, Problem(origin, NOT_RGB, _bit_depth_reason("I;16")))
-                if mode == "RGB":
-                    pixels = np.asarray(image, dtype=np.uint8)
-                    note = None
-                elif mode in _CONVERTIBLE:
-                    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
-                    note = Problem(origin, CONVERTED, _CONVERTIBLE[mode])
-                else:
-                    return Decoded(None, Problem(origin, NOT_RGB, _bit_depth_reason(mode)))
+                pixels, notes = _rgb_pixels(image)
+    except _RefusedError as refused:
+        return Decoded(None, Problem(origin, NOT_RGB, str(refused)))
     except Exception as exc:
         return _decode_with_tifffile(path) or Decoded(
             None, Problem(origin, UNREADABLE, f"cannot be read as an image ({_short(exc)})")
@@ -69,7 +64,27 @@ def decode_image(path: Path | str, expected_px: int | None = PATCH_SIZE_PX) -> D
         h, w = pixels.shape[:2]
         reason = f"is {w}x{h} px, expected {expected_px}x{expected_px}"
         return Decoded(None, Problem(origin, WRONG_SIZE, reason))
-    return Decoded(pixels, note)
+    return Decoded(pixels, Problem(origin, CONVERTED, "; ".join(notes)) if notes else None)
+
+
+class _RefusedError(Exception):
+    """An image Pillow reads but histodetect will not convert (its message is the reason)."""
+
+
+def _rgb_pixels(image: Image.Image) -> tuple[np.ndarray, list[str]]:
+    """Page 1 of `image` as RGB uint8 (H, W, 3), with notes on any conversion made."""
+    if _more_than_8_bits(image) or image.mode not in ("RGB", *_CONVERTIBLE):
+        raise _RefusedError(_depth_reason(image))
+    notes = []
+    if image.mode == "RGB":
+        pixels = np.asarray(image, dtype=np.uint8)
+    else:
+        notes.append(_CONVERTIBLE[image.mode])
+        pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    pages = getattr(image, "n_frames", 1)
+    if pages > 1:
+        notes.append(f"has {pages} pages (multi-page file); page 1 was used")
+    return pixels, notes
 
 
 def _decode_with_tifffile(path: Path | str) -> Decoded | None:
@@ -83,7 +98,11 @@ def _decode_with_tifffile(path: Path | str) -> Decoded | None:
     except Exception:
         return None
     if arr.dtype != np.uint8:
-        reason = f"has {arr.dtype} pixels; histodetect needs 8-bit RGB (convert it first)"
+        kind = "floating-point" if arr.dtype.kind == "f" else "integer"
+        reason = (
+            f"has {8 * arr.dtype.itemsize}-bit {kind} pixels ({arr.dtype}); histodetect needs "
+            "8-bit RGB: convert it to 8 bits per channel first"
+        )
         return Decoded(None, Problem(str(path), NOT_RGB, reason))
     if arr.ndim == 3 and arr.shape[2] == 3:
         return Decoded(np.ascontiguousarray(arr), None)
@@ -99,12 +118,28 @@ def _more_than_8_bits(image: Image.Image) -> bool:
     return any(";16" in str(tile.args[0] if tile.args else "") for tile in tiles)
 
 
-def _bit_depth_reason(mode: str) -> str:
-    if mode.startswith("I;16") or mode == "I":
-        return f"is a 16/32-bit image (mode {mode}); histodetect needs 8-bit RGB (convert it first)"
-    if mode == "F":
-        return "is a floating-point image; histodetect needs 8-bit RGB (convert it first)"
-    return f"has image mode {mode}; histodetect needs 8-bit RGB"
+_SAMPLE_KINDS = {1: "integer", 2: "signed integer", 3: "floating-point"}  # TIFF SampleFormat
+
+
+def _depth_reason(image: Image.Image) -> str:
+    """Why an image is refused, in bits per channel rather than Pillow's mode names."""
+    tags = getattr(image, "tag_v2", {})
+    bits = tags.get(258)  # BitsPerSample
+    sample_format = tags.get(339)  # SampleFormat
+    if isinstance(sample_format, tuple):
+        sample_format = sample_format[0]
+    if bits is not None:
+        depth = max(bits) if isinstance(bits, tuple) else bits
+        kind = _SAMPLE_KINDS.get(sample_format or 1, "integer")
+        channels = len(bits) if isinstance(bits, tuple) else 1
+        what = f"{depth}-bit {kind} pixels in {channels} channel{'s' if channels > 1 else ''}"
+    elif image.mode == "F":
+        what = "32-bit floating-point pixels"
+    elif image.mode.startswith("I"):
+        what = "16- or 32-bit integer pixels"
+    else:
+        what = f"pixels in an unsupported colour mode ({image.mode})"
+    return f"has {what}; histodetect needs 8-bit RGB: convert it to 8 bits per channel first"
 
 
 def _short(exc: BaseException) -> str:

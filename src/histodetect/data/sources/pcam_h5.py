@@ -7,8 +7,10 @@ import gzip
 import re
 import shutil
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,18 +57,16 @@ class PcamSource(Source):
         return sum(len(v) for v in self.labels.values() if v is not None)
 
     def iter_blocks(self, workers: int) -> Iterator[Block]:
-        import h5py
-
         for split in (s for s in SPLIT_ORDER if s in self.x_files):
             x_path = self.x_files[split]
-            with _local_h5(x_path, self.scratch_dir) as local, h5py.File(local, "r") as f:
+            with _local_h5(x_path, self.scratch_dir) as local, open_h5(local, x_path) as f:
                 x = _dataset(f, "x", x_path)
                 n = len(x)
                 labels, slides = self._split_columns(split, n, x_path)
                 for start in range(0, n, ROWS_PER_BLOCK):
                     stop = min(start + ROWS_PER_BLOCK, n)
                     yield Block(
-                        pixels=np.asarray(x[start:stop], dtype=np.uint8),
+                        pixels=read_rows(x, start, stop, x_path),
                         labels=labels[start:stop],
                         splits=[split] * (stop - start),
                         slides=slides[start:stop],
@@ -90,10 +90,8 @@ class PcamSource(Source):
     def _read_labels(self, y_path: Path | None) -> np.ndarray | None:
         if y_path is None:
             return None
-        import h5py
-
-        with _local_h5(y_path, self.scratch_dir) as local, h5py.File(local, "r") as f:
-            y = np.asarray(_dataset(f, "y", y_path)).reshape(-1)
+        with _local_h5(y_path, self.scratch_dir) as local, open_h5(local, y_path) as f:
+            y = read_rows(_dataset(f, "y", y_path), 0, None, y_path).reshape(-1)
         if not np.isin(y, (0, 1)).all():
             raise HistodetectError(f"{y_path.name} holds labels other than 0 and 1.")
         return y.astype(np.int8)
@@ -125,21 +123,65 @@ def _read_slides(folder: Path, split: str) -> list[str] | None:
     return [row["wsi"] for row in read_csv_rows(meta, ("wsi",))]
 
 
-def _dataset(f: object, name: str, path: Path) -> np.ndarray:
-    import h5py
-
-    assert isinstance(f, h5py.File)
+def _dataset(f: Any, name: str, path: Path) -> Any:
+    """Dataset `name` of an open PCam file; an `x` dataset must be uint8 (N, 96, 96, 3)."""
     if name not in f:
         raise HistodetectError(f"{path.name} has no dataset {name!r} (PCam files hold 'x' or 'y').")
     data = f[name]
     if name == "x" and (data.ndim != 4 or data.shape[1:] != (PATCH_SIZE_PX, PATCH_SIZE_PX, 3)):
         raise HistodetectError(f"{path.name} holds {data.shape} arrays, expected (N, 96, 96, 3).")
+    if name == "x" and data.dtype != np.uint8:
+        raise HistodetectError(
+            f"{path} holds {data.dtype} pixels, not uint8 (0-255) as PCam does; histodetect does "
+            "not guess a scaling: convert the pixels to uint8 first."
+        )
     return data
 
 
 @contextlib.contextmanager
+def open_h5(path: Path, name: Path | None = None) -> Iterator[Any]:
+    """Open an HDF5 file read-only; a truncated or damaged file is one sentence naming `name`.
+
+    Args:
+        path: the file to open (possibly a decompressed copy).
+        name: the file to name in messages (default `path`).
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        if exc.errno is not None:  # a real OS error (permissions, missing file): say it as is
+            raise
+        raise HistodetectError(
+            f"{name or path} cannot be read as an HDF5 file: it is truncated or damaged "
+            f"({_first_line(exc)})."
+        ) from exc
+    with f:
+        yield f
+
+
+def read_rows(data: Any, start: int, stop: int | None, path: Path) -> np.ndarray:
+    """Rows start..stop of an HDF5 dataset as a numpy array; damaged chunks are one sentence."""
+    try:
+        return np.asarray(data[start:stop])
+    except OSError as exc:
+        raise HistodetectError(
+            f"{path} is damaged: rows from {start} cannot be read ({_first_line(exc)})."
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+
+
+@contextlib.contextmanager
 def _local_h5(path: Path, scratch_dir: Path | None) -> Iterator[Path]:
-    """Yield a readable .h5 path: the file itself, or a streamed decompression of a .gz."""
+    """Yield a readable .h5 path: the file itself, or a streamed decompression of a .gz.
+
+    The copy goes into `scratch_dir` (ingest gives a folder beside the store that a later
+    ingest removes if this one is killed) and is deleted when the block ends.
+    """
     if path.suffix != ".gz":
         yield path
         return
@@ -148,7 +190,8 @@ def _local_h5(path: Path, scratch_dir: Path | None) -> Iterator[Path]:
         try:
             with gzip.open(path, "rb") as src, local.open("wb") as dst:
                 shutil.copyfileobj(src, dst, GUNZIP_CHUNK_BYTES)
-        except (OSError, EOFError) as exc:
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            # disk full or read-only scratch are OSErrors with an errno: they pass through
             raise HistodetectError(f"{path} is not a readable gzip file ({exc}).") from exc
         yield local
 
