@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from histodetect.data.ingest import IngestOptions, ingest
-from histodetect.data.quality import CROSS_SPLIT_DUPLICATE, duplicate_groups, flag_outliers
+from histodetect.data.inspection import render_markdown
+from histodetect.data.quality import (
+    CROSS_SPLIT_DUPLICATE,
+    LABEL_CONFLICT,
+    duplicate_groups,
+    flag_outliers,
+)
+from histodetect.data.store import UNNAMED_SPLIT, split_display
 from histodetect.errors import HistodetectError
 from imagefiles import make_kaggle, make_pcam, random_patch, save_image
 
@@ -65,9 +72,11 @@ def test_problems_are_summarised_and_strict_leaves_no_store(
     assert "broken.tif" in summary and "cannot be read" in summary
     assert "broken.tif" in (store.root / "ingest_report.md").read_text()
 
-    with pytest.raises(HistodetectError, match="--strict: 1 problems"):
+    with pytest.raises(HistodetectError, match=r"--strict: 1 problem \(unreadable: 1\)"):
         ingest(tmp_path / "k", tmp_path / "strict", IngestOptions(strict=True, **QUIET))
-    assert not any(p.name.startswith((".strict", "strict")) for p in tmp_path.iterdir())
+    left = [p.name for p in tmp_path.iterdir() if p.name.startswith((".strict", "strict"))]
+    assert left == ["strict.ingest_report.md"]
+    assert "broken.tif" in (tmp_path / "strict.ingest_report.md").read_text()
 
 
 def test_parallel_ingest_equals_serial(tmp_path: Path, rng: np.random.Generator) -> None:
@@ -91,3 +100,60 @@ def test_flag_outliers_and_duplicate_groups_units() -> None:
     assert flag_outliers(block) == ["dark;uniform", "bright;uniform"]
     groups = duplicate_groups(np.array(["b", "a", "b", "c", "a"]))
     assert groups.tolist() == [0, 1, 0, -1, 1]
+
+
+def test_conflicting_labels_are_kept_unlabelled_and_reported(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    tumour = save_image(tmp_path / "src" / "train" / "1" / "t.png", random_patch(rng))
+    (tmp_path / "src" / "train" / "0").mkdir()
+    (tmp_path / "src" / "train" / "0" / "t.png").symlink_to(tumour)  # same pixels, label 0
+    for label in ("0", "1"):
+        save_image(tmp_path / "src" / "train" / label / "other.png", random_patch(rng))
+    for drop in (False, True):
+        out = tmp_path / f"store-{drop}"
+        store, report = ingest(tmp_path / "src", out, IngestOptions(drop_duplicates=drop, **QUIET))
+        m = store.manifest
+        conflicted = m.flags == LABEL_CONFLICT
+        assert conflicted.sum() == (1 if drop else 2)
+        assert (m.labels[conflicted] == -1).all() and (m.labels[~conflicted] >= 0).all()
+        assert [p.kind for p in report.problems] == [LABEL_CONFLICT]
+        assert "kept as unlabelled" in report.problems[0].reason
+        assert store.header["counts"]["train"]["unlabelled"] == conflicted.sum()
+        assert LABEL_CONFLICT in (out / "ingest_report.md").read_text()
+        assert "Label conflicts" in render_markdown(store)
+
+
+def test_unnamed_split_is_shown_readably(tmp_path: Path, rng: np.random.Generator) -> None:
+    dup = random_patch(rng)
+    save_image(tmp_path / "flat" / "1" / "a.png", dup)
+    save_image(tmp_path / "flat" / "0" / "b.png", random_patch(rng))
+    store, _ = ingest(tmp_path / "flat", tmp_path / "s", IngestOptions(**QUIET))
+    assert store.split_names == [UNNAMED_SPLIT]
+    assert list(store.header["counts"]) == [split_display(UNNAMED_SPLIT)] == ["(none)"]
+    assert "| (none) | 2 |" in render_markdown(store)
+
+
+def test_existing_empty_out_is_used_and_stale_scratch_removed(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    make_pcam(tmp_path / "p", rng, {"valid": 4}, gz=True)
+    (tmp_path / "store").mkdir()
+    killed = tmp_path / ".store.scratch-0ld0ld00" / "pcam-gunzip-x"  # a killed run's gunzip
+    killed.mkdir(parents=True)
+    (killed / "camelyonpatch_level_2_split_valid_x.h5").write_bytes(b"\0" * 1000)
+    (tmp_path / ".store.tmp-0ld0ld00").mkdir()
+    (tmp_path / "store.ingest_report.md").write_text("# Failed ingest\n")  # an earlier failure
+    store, _ = ingest(tmp_path / "p", tmp_path / "store", IngestOptions(**QUIET))
+    assert len(store) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "store"]
+
+
+def test_zero_patches_fail_and_name_every_problem(tmp_path: Path, rng: np.random.Generator) -> None:
+    (tmp_path / "k" / "train").mkdir(parents=True)
+    (tmp_path / "k" / "train" / "bad.tif").write_bytes(b"junk")
+    (tmp_path / "k" / "train_labels.csv").write_text("id,label\nbad,1\n")
+    with pytest.raises(HistodetectError, match=r"gave no patch.*1 problem \(unreadable: 1\)"):
+        ingest(tmp_path / "k", tmp_path / "st", IngestOptions(**QUIET))
+    assert not (tmp_path / "st").exists()
+    assert "bad.tif" in (tmp_path / "st.ingest_report.md").read_text()

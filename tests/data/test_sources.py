@@ -5,7 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from histodetect.data.quality import BAD_LABEL, MISSING_IMAGE, MISSING_LABEL
+from histodetect.data.quality import (
+    AMBIGUOUS_ID,
+    BAD_LABEL,
+    LABEL_CONFLICT,
+    MISSING_IMAGE,
+    MISSING_LABEL,
+)
 from histodetect.data.sources import (
     CsvListSource,
     FolderSource,
@@ -150,3 +156,32 @@ def test_detect_format_and_override(tmp_path: Path, rng: np.random.Generator) ->
     with pytest.raises(HistodetectError, match="unknown format"):
         open_source(tmp_path / "f", "parquet")
     assert isinstance(open_source(tmp_path / "f" / "train", "folders"), FolderSource)
+
+
+def test_kaggle_ambiguous_ids_and_conflicting_labels_are_left_out(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    ids = make_kaggle(tmp_path, rng, n_train=4, n_test=0)
+    (tmp_path / "train" / f"{ids[1]}.tiff").write_bytes(
+        (tmp_path / "train" / f"{ids[1]}.tif").read_bytes()
+    )
+    with (tmp_path / "train_labels.csv").open("a") as f:
+        f.write(f"{ids[0]},1\n{ids[2]},0\n")  # ids[0] was 0: a conflict; ids[2] repeated as 0
+    source = KaggleSource(tmp_path)
+    kinds = sorted((p.kind, p.origin.rsplit("/", 1)[-1]) for p in source.problems)
+    assert kinds == [
+        (AMBIGUOUS_ID, f"{ids[1]}.tif"),
+        (BAD_LABEL, f"train_labels.csv:{ids[2]}"),
+        (LABEL_CONFLICT, f"train_labels.csv:{ids[0]}"),
+    ]
+    assert sorted(e.path.stem for e in source.entries) == sorted([ids[2], ids[3]])
+
+
+def test_pcam_x_that_is_not_uint8_is_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    import h5py
+
+    make_pcam(tmp_path, rng, {"valid": 2})
+    with h5py.File(tmp_path / "camelyonpatch_level_2_split_valid_x.h5", "w") as f:
+        f.create_dataset("x", data=rng.random((2, 96, 96, 3)).astype(np.float32))
+    with pytest.raises(HistodetectError, match="float32 pixels, not uint8"):
+        list(PcamSource(tmp_path).iter_blocks(1))

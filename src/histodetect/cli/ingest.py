@@ -21,7 +21,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("kaggle", "pcam", "folders", "csv"),
         help="override detection",
     )
-    parser.add_argument("--strict", action="store_true", help="fail on any problem; leave no store")
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="read everything, then fail if there was any problem (all listed); leave no store",
+    )
     parser.add_argument(
         "--drop-duplicates", action="store_true", help="keep one copy of exact duplicates"
     )
@@ -38,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histodetect.data.ingest import IngestOptions, ingest
+    from histodetect.wording import plural
 
     opts = IngestOptions(
         fmt=args.fmt,
@@ -53,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     print("\n".join(report.summary_lines()))
     for split, c in store.header["counts"].items():
         print(
-            f"  {split}: {c['total']} patches ({c['tumour']} tumour, {c['normal']} normal, {c['unlabelled']} unlabelled)"
+            f"  {split}: {plural(c['total'], 'patch')} ({c['tumour']} tumour, {c['normal']} "
+            f"normal, {c['unlabelled']} unlabelled)"
         )
     print(f"Store written to {store.root} (report: {store.root / 'ingest_report.md'}).")
     return 0

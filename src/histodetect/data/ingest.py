@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from histodetect.atomic import output_lock, scratch_dir, write_text_atomic
 from histodetect.data.patch import patch_ids
 from histodetect.data.quality import (
     CROSS_SPLIT_DUPLICATE,
+    LABEL_CONFLICT,
     IngestReport,
+    LabelConflicts,
     Problem,
     cross_split_groups,
     flag_outliers,
 )
 from histodetect.data.sources import Block, Source, open_source
 from histodetect.data.sources.base import default_workers
-from histodetect.data.store import Manifest, PatchStore
-from histodetect.data.writer import StoreWriter
+from histodetect.data.store import Manifest, PatchStore, split_display
+from histodetect.data.writer import StoreWriter, check_store_destination
 from histodetect.errors import HistodetectError
+
+MAX_PROBLEMS_IN_ERROR = 3
+"""Problems named in the error of a failed ingest; the failure report lists all."""
 
 
 @dataclass(frozen=True)
@@ -54,30 +59,46 @@ def ingest(
 ) -> tuple[PatchStore, IngestReport]:
     """Read `source_path`, write a store at `out`, and return it with the ingest report.
 
+    Every input is read before anything is decided, so a failure names every problem.
+
     Raises:
-        HistodetectError: unreadable layout, or any problem under `strict` (no store is left).
+        HistodetectError: unusable `out` (checked first), unreadable layout, no patch at all,
+            or any problem under `strict`. No store is left; when problems were found, all are
+            listed in `<out>.ingest_report.md` beside `out`.
     """
     options = options or IngestOptions()
     source_path, out = Path(source_path), Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.scratch-") as scratch:
+    inputs = [source_path] + ([options.slides_csv] if options.slides_csv else [])
+    check_store_destination(out, options.overwrite, inputs)
+    with output_lock(out), scratch_dir(out) as scratch:
         source = open_source(
-            source_path, options.fmt, slides_csv=options.slides_csv, scratch_dir=Path(scratch)
+            source_path, options.fmt, slides_csv=options.slides_csv, scratch_dir=scratch
         )
         report = IngestReport(source=str(source_path), format=source.format_name)
         report.problems += source.problems
-        _fail_if_strict(report, options)
-        with StoreWriter(out, overwrite=options.overwrite) as writer:
-            _write_blocks(source, writer, report, options)
+        with StoreWriter(out, overwrite=options.overwrite, inputs=inputs) as writer:
+            conflicts = LabelConflicts()
+            _write_blocks(source, writer, report, options, conflicts)
+            _mark_conflicts(writer, report, conflicts)
             _report_cross_split(writer.manifest(), report)
-            _fail_if_strict(report, options)
+            _fail_if_unusable(report, options, out)
             report.write(writer.temp_dir)
             store = writer.finish({"source": str(source_path), "source_format": source.format_name})
+        failure_report_path(out).unlink(missing_ok=True)  # of an earlier failed run
     return store, report
 
 
+def failure_report_path(out: Path) -> Path:
+    """Where a failed ingest lists its problems: `<out>.ingest_report.md` beside `out`."""
+    return out.with_name(f"{out.name}.ingest_report.md")
+
+
 def _write_blocks(
-    source: Source, writer: StoreWriter, report: IngestReport, options: IngestOptions
+    source: Source,
+    writer: StoreWriter,
+    report: IngestReport,
+    options: IngestOptions,
+    conflicts: LabelConflicts,
 ) -> None:
     workers = options.workers or default_workers()
     with tqdm(
@@ -85,16 +106,21 @@ def _write_blocks(
     ) as bar:
         for block in source.iter_blocks(workers):
             report.problems += block.problems
-            _add_block(block, writer, report, options)
+            _add_block(block, writer, report, options, conflicts)
             bar.update(block.n_inputs)
     report.n_written = len(writer)
 
 
 def _add_block(
-    block: Block, writer: StoreWriter, report: IngestReport, options: IngestOptions
+    block: Block,
+    writer: StoreWriter,
+    report: IngestReport,
+    options: IngestOptions,
+    conflicts: LabelConflicts,
 ) -> None:
     flags = block.flags if block.flags is not None else flag_outliers(block.pixels)
     ids = block.ids if block.ids is not None else patch_ids(block.pixels)
+    conflicts.add(ids, block.labels.tolist(), block.origins)  # before any copy is dropped
     keep = np.ones(len(ids), dtype=bool)
     if options.drop_outliers:
         outlier = np.array([f != "" for f in flags], dtype=bool)
@@ -119,19 +145,38 @@ def _add_block(
     )
 
 
+def _mark_conflicts(writer: StoreWriter, report: IngestReport, conflicts: LabelConflicts) -> None:
+    """Keep patches given both labels only as unlabelled, flagged, and report each."""
+    if conflicts.ids:
+        writer.mark_unlabelled(conflicts.ids, LABEL_CONFLICT)
+        report.problems += conflicts.problems()
+
+
 def _report_cross_split(m: Manifest, report: IngestReport) -> None:
     """Name duplicate groups that cross splits: training on them would leak into validation."""
     for group in cross_split_groups(m.dup_groups, m.splits):
         members = np.flatnonzero(m.dup_groups == group)
-        splits = sorted(set(m.splits[members].tolist()))
+        splits = sorted(split_display(s) for s in set(m.splits[members].tolist()))
         reason = f"the same pixels appear in splits {', '.join(splits)}"
         report.problems.append(Problem(str(m.ids[members[0]]), CROSS_SPLIT_DUPLICATE, reason))
 
 
-def _fail_if_strict(report: IngestReport, options: IngestOptions) -> None:
-    if options.strict and report.problems:
-        first = report.problems[0]
-        raise HistodetectError(
-            f"--strict: {len(report.problems)} problems found (first: {first.origin}: {first.reason}); "
-            "no store was written."
+def _fail_if_unusable(report: IngestReport, options: IngestOptions, out: Path) -> None:
+    """Raise, after listing every problem beside `out`, under --strict or when nothing was read."""
+    if not (options.strict and report.problems) and report.n_written > 0:
+        return
+    listed = ""
+    if report.problems:
+        path = failure_report_path(out)
+        write_text_atomic(path, report.to_markdown(f"Failed ingest into {out}"))
+        first = "; ".join(
+            f"{p.origin}: {p.reason}" for p in report.problems[:MAX_PROBLEMS_IN_ERROR]
         )
+        listed = f"{report.problem_count_text()}, first: {first}; all are listed in {path}"
+    if options.strict and report.problems:
+        raise HistodetectError(f"--strict: {listed}; no store was written.")
+    why = f" ({listed})" if listed else ""
+    raise HistodetectError(
+        f"{report.source} gave no patch to store when read as {report.format}{why}; no store "
+        "was written: check the path and --format."
+    )

@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
+from histodetect.atomic import atomic_dir
 from histodetect.data.patch import CENTRE_SIZE_PX, CENTRE_START_PX
-from histodetect.data.quality import cross_split_groups
-from histodetect.data.store import PatchStore
+from histodetect.data.quality import LABEL_CONFLICT, cross_split_groups
+from histodetect.data.store import INSPECT_FILES, PatchStore, foreign_entries
+from histodetect.errors import HistodetectError
+from histodetect.wording import plural
 
 CHUNK_PATCHES = 4096
 
@@ -66,15 +69,21 @@ def quality_lines(store: PatchStore, max_listed: int = 20) -> list[str]:
     n_groups = len(np.unique(m.dup_groups[m.dup_groups >= 0]))
     crossing = cross_split_groups(m.dup_groups, m.splits)
     lines = [
-        f"- Exact duplicates: {n_groups} groups covering {in_groups} patches; "
-        f"{len(crossing)} groups cross splits.",
+        f"- Exact duplicates: {plural(n_groups, 'group')} covering {plural(in_groups, 'patch')}; "
+        f"{plural(len(crossing), 'group')} {'crosses' if len(crossing) == 1 else 'cross'} splits.",
     ]
     flag_counts = Counter(f for flags in m.flags.tolist() for f in flags.split(";") if f)
+    conflicts = flag_counts.pop(LABEL_CONFLICT, 0)
+    if conflicts:
+        lines.append(
+            f"- Label conflicts: {plural(conflicts, 'patch')} whose pixels were labelled both 0 "
+            "and 1, kept unlabelled (flag label_conflict): never trained or evaluated on."
+        )
     if not flag_counts:
         lines.append("- Outliers: none flagged.")
         return lines
     lines.append("- Outliers: " + ", ".join(f"{k} {v}" for k, v in sorted(flag_counts.items())))
-    for i in np.flatnonzero(m.flags != "")[:max_listed]:
+    for i in np.flatnonzero((m.flags != "") & (m.flags != LABEL_CONFLICT))[:max_listed]:
         lines.append(f"  - `{m.ids[i]}` ({m.flags[i]}) {m.origins[i]}")
     return lines
 
@@ -87,7 +96,7 @@ def render_markdown(store: PatchStore) -> str:
         f"# Data report: {store.root}",
         "",
         f"Source: {store.header.get('source', '?')} ({store.header.get('source_format', '?')}); "
-        f"{len(store)} patches; slide ids: {'yes' if store.header.get('has_slides') else 'no'}.",
+        f"{plural(len(store), 'patch')}; slide ids: {'yes' if store.header.get('has_slides') else 'no'}.",
         "",
         "## Classes",
         *class_lines(store.manifest.labels),
@@ -174,12 +183,21 @@ def class_balance_plot(store: PatchStore, out: Path) -> None:
 
 
 def write_inspection(store: PatchStore, out_dir: Path, seed: int = 0) -> Path:
-    """Write inspect.md, samples.png and class_balance.png into `out_dir`; return the .md path."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sample_grid(store, out_dir / "samples.png", seed=seed)
-    class_balance_plot(store, out_dir / "class_balance.png")
-    md_path = out_dir / "inspect.md"
-    tmp = md_path.with_suffix(".md.tmp")
-    tmp.write_text(render_markdown(store))
-    tmp.replace(md_path)
-    return md_path
+    """Write inspect.md, samples.png and class_balance.png into `out_dir`; return the .md path.
+
+    All three appear at once (written in a temporary folder, then renamed). `out_dir` may be
+    new, empty, or an earlier report, which is replaced; a folder holding anything else is refused.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HistodetectError(f"report folder {out_dir} is a file; choose another --out.")
+    foreign = foreign_entries(out_dir, INSPECT_FILES) if out_dir.is_dir() else []
+    if foreign:
+        raise HistodetectError(
+            f"report folder {out_dir} already holds {', '.join(foreign[:3])}, which inspect did "
+            "not write; choose a new or empty --out (nothing was changed)."
+        )
+    with atomic_dir(out_dir, replace=True) as tmp:
+        sample_grid(store, tmp / "samples.png", seed=seed)
+        class_balance_plot(store, tmp / "class_balance.png")
+        (tmp / "inspect.md").write_text(render_markdown(store))
+    return out_dir / "inspect.md"

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from histodetect.wording import plural
 
 # Kinds of problem. Every one is named in the ingest summary; --strict fails on any of them.
 UNREADABLE = "unreadable"
@@ -19,6 +22,8 @@ MISSING_IMAGE = "missing_image"
 BAD_LABEL = "bad_label"
 NAME_MISMATCH = "name_mismatch"  # a Kaggle file whose name is not the SHA-1 of its pixels
 CROSS_SPLIT_DUPLICATE = "cross_split_duplicate"
+LABEL_CONFLICT = "label_conflict"  # the same pixels labelled 0 and 1: kept unlabelled, flagged
+AMBIGUOUS_ID = "ambiguous_id"  # two Kaggle files with one id (<id>.tif and <id>.tiff): neither used
 
 # Outlier flags: thresholds on the grey level (mean of R, G, B; 0..255) of a whole patch.
 DARK_MEAN_MAX = 40.0
@@ -46,6 +51,8 @@ def flag_outliers(pixels: np.ndarray) -> list[str]:
         > 235, background glass) and "uniform" (grey std < 12: no tissue texture); "" if clean.
     """
     n = len(pixels)
+    if n == 0:  # a block whose every file was unreadable
+        return []
     # grey = (R + G + B) / 3 per pixel; summing channels in uint16 is many times faster than a
     # float mean over the length-3 channel axis.
     grey_x3 = pixels[..., 0].astype(np.uint16) + pixels[..., 1] + pixels[..., 2]
@@ -89,6 +96,41 @@ def cross_split_groups(dup_groups: np.ndarray, splits: np.ndarray) -> list[int]:
     return sorted(g for g, names in seen.items() if len(names) > 1)
 
 
+class LabelConflicts:
+    """Finds patches whose pixels are given both labels (0 and 1) anywhere in one ingest."""
+
+    def __init__(self) -> None:
+        self._first: dict[str, tuple[int, str]] = {}  # id -> (label, origin) first seen
+        self._other: dict[str, str] = {}  # id -> origin of the first opposite label
+
+    def add(self, ids: Sequence[str], labels: Sequence[int], origins: Sequence[str]) -> None:
+        """Record patches (every one read, including those later dropped); -1 is ignored."""
+        for pid, label, origin in zip(ids, labels, origins, strict=True):
+            if label < 0:
+                continue
+            first = self._first.setdefault(pid, (label, origin))
+            if first[0] != label and pid not in self._other:
+                self._other[pid] = origin
+
+    @property
+    def ids(self) -> set[str]:
+        """Ids of the patches given both labels."""
+        return set(self._other)
+
+    def problems(self) -> list[Problem]:
+        """One `label_conflict` problem per conflicting id, naming a source of each label."""
+        out = []
+        for pid, other in self._other.items():
+            label, origin = self._first[pid]
+            where = {label: origin, 1 - label: other}
+            reason = (
+                f"the same pixels are labelled 0 ({where[0]}) and 1 ({where[1]}); kept as "
+                "unlabelled (flag label_conflict), so no training or evaluation uses them"
+            )
+            out.append(Problem(origin, LABEL_CONFLICT, reason))
+        return out
+
+
 @dataclass
 class IngestReport:
     """What ingest found and did; written as ingest_report.json and .md beside the store."""
@@ -106,19 +148,20 @@ class IngestReport:
 
     def headline_lines(self) -> list[str]:
         """What was written and dropped, and how many problems of each kind."""
-        lines = [f"Ingested {self.n_written} patches from {self.source} ({self.format})."]
+        lines = [f"Ingested {plural(self.n_written, 'patch')} from {self.source} ({self.format})."]
         if self.dropped_duplicates:
-            lines.append(f"Dropped {self.dropped_duplicates} exact duplicates (--drop-duplicates).")
+            n = plural(self.dropped_duplicates, "exact duplicate")
+            lines.append(f"Dropped {n} (--drop-duplicates).")
         if self.dropped_outliers:
-            lines.append(
-                f"Dropped {self.dropped_outliers} blank/outlier patches (--drop-outliers)."
-            )
-        if not self.problems:
-            lines.append("No problems found.")
-        else:
-            by_kind = ", ".join(f"{k}: {n}" for k, n in sorted(self.counts_by_kind().items()))
-            lines.append(f"{len(self.problems)} problems ({by_kind}).")
+            n = plural(self.dropped_outliers, "blank/outlier patch")
+            lines.append(f"Dropped {n} (--drop-outliers).")
+        lines.append(f"{self.problem_count_text()}." if self.problems else "No problems found.")
         return lines
+
+    def problem_count_text(self) -> str:
+        """E.g. "3 problems (label_conflict: 2, unreadable: 1)"."""
+        by_kind = ", ".join(f"{k}: {n}" for k, n in sorted(self.counts_by_kind().items()))
+        return f"{plural(len(self.problems), 'problem')} ({by_kind})"
 
     def summary_lines(self, max_listed: int = 20) -> list[str]:
         """The headline, then each problem (up to `max_listed`) with its origin and reason."""
@@ -128,8 +171,8 @@ class IngestReport:
             lines.append(f"  ... and {len(self.problems) - max_listed} more in ingest_report.md")
         return lines
 
-    def write(self, folder: Path) -> None:
-        """Write ingest_report.json and ingest_report.md (every problem listed) into `folder`."""
+    def to_json(self) -> str:
+        """The report as JSON: counts, and every problem with origin, kind and reason."""
         data = {
             "source": self.source,
             "format": self.format,
@@ -139,9 +182,17 @@ class IngestReport:
             "problem_counts": self.counts_by_kind(),
             "problems": [asdict(p) for p in self.problems],
         }
-        (folder / "ingest_report.json").write_text(json.dumps(data, indent=2))
-        md = ["# Ingest report", "", *self.headline_lines()]
+        return json.dumps(data, indent=2)
+
+    def to_markdown(self, title: str = "Ingest report") -> str:
+        """The headline and a table of every problem."""
+        md = [f"# {title}", "", *self.headline_lines()]
         if self.problems:
             md += ["", "| origin | kind | reason |", "|---|---|---|"]
             md += [f"| {p.origin} | {p.kind} | {p.reason} |" for p in self.problems]
-        (folder / "ingest_report.md").write_text("\n".join(md) + "\n")
+        return "\n".join(md) + "\n"
+
+    def write(self, folder: Path) -> None:
+        """Write ingest_report.json and ingest_report.md (every problem listed) into `folder`."""
+        (folder / "ingest_report.json").write_text(self.to_json())
+        (folder / "ingest_report.md").write_text(self.to_markdown())

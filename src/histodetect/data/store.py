@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from histodetect.atomic import is_temp_name
 from histodetect.data.patch import PATCH_SIZE_PX
 from histodetect.errors import HistodetectError
 
@@ -20,6 +22,20 @@ HEADER_FILE = "header.json"
 MANIFEST_COLUMNS = ("id", "label", "split", "slide", "origin", "dup_group", "flags")
 UNLABELLED = -1
 """Label value of a patch whose class is unknown (Kaggle test, PCam test without _y)."""
+LABEL_TEXTS = ("-1", "0", "1")
+UNNAMED_SPLIT = ""
+"""Split of patches given without one (class folders 0/ and 1/ directly under the source)."""
+UNNAMED_SPLIT_LABEL = "(none)"
+"""How the unnamed split is shown: its key in header.json's counts and in every message."""
+INSPECT_DIR = "inspect"
+INSPECT_FILES = ("inspect.md", "samples.png", "class_balance.png")
+STORE_ENTRIES = (PIXELS_FILE, MANIFEST_FILE, HEADER_FILE, "ingest_report.json", "ingest_report.md")
+"""Everything a store folder holds (besides the `inspect/` report folder)."""
+
+
+def split_display(name: str) -> str:
+    """A split's name as messages show it: the unnamed split is "(none)", never an empty string."""
+    return name if name != UNNAMED_SPLIT else UNNAMED_SPLIT_LABEL
 
 
 @dataclass(frozen=True)
@@ -67,23 +83,50 @@ class Manifest:
 
     @classmethod
     def read_csv(cls, path: Path) -> Manifest:
-        """Read a manifest written by `write_csv`."""
+        """Read a manifest written by `write_csv`, refusing rows it could not have written."""
         with path.open(newline="") as f:
             reader = csv.reader(f)
             header = next(reader, None)
             if header is None or tuple(header) != MANIFEST_COLUMNS:
                 raise HistodetectError(f"{path} is not a histodetect manifest (bad header).")
             rows = list(reader)
+        for line, row in enumerate(rows, start=2):
+            if len(row) != len(MANIFEST_COLUMNS):
+                raise _damaged(
+                    path, f"line {line} has {len(row)} fields, not {len(MANIFEST_COLUMNS)}"
+                )
         cols = list(zip(*rows, strict=True)) if rows else [()] * len(MANIFEST_COLUMNS)
+        labels = np.array(cols[1], dtype=str)
+        bad = np.flatnonzero(~np.isin(labels, LABEL_TEXTS))
+        if len(bad):
+            reason = f"line {bad[0] + 2} has label {str(labels[bad[0]])!r} (a label is 0, 1 or -1)"
+            raise _damaged(path, reason)
+        try:
+            dup_groups = np.array(cols[5], dtype=np.int32)
+        except ValueError as exc:
+            raise _damaged(path, "its dup_group column holds a value that is not a number") from exc
         return cls(
             ids=np.array(cols[0], dtype=str),
-            labels=np.array(cols[1], dtype=np.int8),
+            labels=labels.astype(np.int8),
             splits=np.array(cols[2], dtype=str),
             slides=np.array(cols[3], dtype=str),
             origins=np.array(cols[4], dtype=str),
-            dup_groups=np.array(cols[5], dtype=np.int32),
+            dup_groups=dup_groups,
             flags=np.array(cols[6], dtype=str),
         )
+
+
+def _damaged(path: Path, reason: str) -> HistodetectError:
+    return HistodetectError(f"{path} is damaged: {reason}; ingest the data again.")
+
+
+def store_fingerprint(manifest: Manifest) -> str:
+    """SHA-1 over ids, labels and splits, in order."""
+    rows = zip(
+        manifest.ids.tolist(), manifest.labels.tolist(), manifest.splits.tolist(), strict=True
+    )
+    text = "".join(f"{pid},{label},{split}\n" for pid, label, split in rows)
+    return hashlib.sha1(text.encode()).hexdigest()
 
 
 class PatchStore:
@@ -96,25 +139,21 @@ class PatchStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        header_path = self.root / HEADER_FILE
-        if not header_path.is_file():
-            raise HistodetectError(
-                f"{self.root} is not a patch store (no {HEADER_FILE}); "
-                "create one with `histodetect ingest`."
-            )
-        self.header: dict[str, Any] = json.loads(header_path.read_text())
-        version = self.header.get("format_version")
-        if version != STORE_FORMAT_VERSION:
-            raise HistodetectError(
-                f"{self.root} has store format {version}, this histodetect reads "
-                f"{STORE_FORMAT_VERSION}; ingest the data again."
-            )
-        self.manifest = Manifest.read_csv(self.root / MANIFEST_FILE)
+        self.header: dict[str, Any] = _read_header(self.root)
+        manifest_path = self.root / MANIFEST_FILE
+        if not manifest_path.is_file():
+            raise _damaged(self.root, f"it has {HEADER_FILE} but no {MANIFEST_FILE}")
+        self.manifest = Manifest.read_csv(manifest_path)
         n = int(self.header["n_patches"])
         if len(self.manifest) != n:
-            raise HistodetectError(
-                f"{self.root} is damaged: header says {n} patches, manifest has {len(self.manifest)}."
+            reason = f"it has {len(self.manifest)} rows but {HEADER_FILE} says {n} patches"
+            raise _damaged(manifest_path, reason)
+        if store_fingerprint(self.manifest) != self.header["fingerprint"]:
+            reason = (
+                f"its ids, labels or splits differ from those recorded in {HEADER_FILE} "
+                "(the manifest was edited or damaged after ingest)"
             )
+            raise _damaged(manifest_path, reason)
         self.pixels: np.ndarray = _open_pixels(self.root / PIXELS_FILE, n)
 
     def __len__(self) -> int:
@@ -158,6 +197,71 @@ class PatchStore:
         """
         idx = np.asarray(indices, dtype=np.int64)
         return np.asarray(self.pixels)[idx]
+
+
+def _read_header(root: Path) -> dict[str, Any]:
+    """header.json as a dict, checked for the format version and the keys every reader needs."""
+    path = root / HEADER_FILE
+    if not path.is_file():
+        raise HistodetectError(
+            f"{root} is not a patch store (no {HEADER_FILE}); create one with `histodetect ingest`."
+        )
+    header = _header_json(path)
+    if header is None:
+        raise _damaged(
+            path, "it is not a histodetect store header (valid JSON with format_version)"
+        )
+    version = header["format_version"]
+    if version != STORE_FORMAT_VERSION:
+        raise HistodetectError(
+            f"{root} has store format {version}, this histodetect reads "
+            f"{STORE_FORMAT_VERSION}; ingest the data again."
+        )
+    missing = [k for k in ("n_patches", "fingerprint", "counts") if k not in header]
+    if missing or not isinstance(header["n_patches"], int):
+        raise _damaged(path, f"it lacks {', '.join(missing) or 'a whole n_patches'}")
+    return header
+
+
+def _header_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in `path` when it has a format_version key (any version), else None."""
+    try:
+        header = json.loads(path.read_bytes())
+    except (OSError, ValueError):  # ValueError: not UTF-8 or not JSON
+        return None
+    return header if isinstance(header, dict) and "format_version" in header else None
+
+
+def not_a_store_reason(folder: Path) -> str | None:
+    """None when `folder` is a store histodetect wrote and nothing else; else why it is not.
+
+    Recognised by its own files (header.json with a store format version and fingerprint,
+    manifest.csv, pixels.u8); any other entry (besides the reports that ingest and inspect put
+    there) means the folder holds something histodetect did not write. Checked before replacing.
+    """
+    header = _header_json(folder / HEADER_FILE)
+    if header is None or "fingerprint" not in header:
+        return f"has no histodetect {HEADER_FILE}"
+    for name in (MANIFEST_FILE, PIXELS_FILE):
+        if not (folder / name).is_file():
+            return f"has no {name}"
+    for entry in sorted(folder.iterdir()):
+        if entry.name in STORE_ENTRIES or is_temp_name(entry.name):
+            continue
+        if (
+            entry.name == INSPECT_DIR
+            and entry.is_dir()
+            and not foreign_entries(entry, INSPECT_FILES)
+        ):
+            continue
+        return f"also holds {entry.name}, which histodetect did not write"
+    return None
+
+
+def foreign_entries(folder: Path, known: tuple[str, ...]) -> list[str]:
+    """Names in `folder`, sorted, other than `known` files and histodetect temporaries."""
+    names = (p.name for p in folder.iterdir())
+    return sorted(n for n in names if n not in known and not is_temp_name(n))
 
 
 def _open_pixels(path: Path, n: int) -> np.ndarray:

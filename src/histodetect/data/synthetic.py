@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import csv
-import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +13,7 @@ import numpy.typing as npt
 import tifffile
 from tqdm import tqdm
 
+from histodetect.atomic import atomic_dir
 from histodetect.data.patch import CENTRE_START_PX, PATCH_SIZE_PX, patch_id
 from histodetect.data.synthetic_tissue import (
     CENTRE_STOP_PX,
@@ -127,7 +126,7 @@ def write_kaggle_layout(
 
     Writes ``train/<id>.tif``, ``train_labels.csv`` (id,label), ``train_slides.csv`` (id,slide),
     ``test/<id>.tif``, ``sample_submission.csv`` (id,label all 0) and ``README.md`` into a
-    temporary sibling directory, then renames it to ``out_dir``.
+    temporary sibling directory, then renames it to ``out_dir`` (see `histodetect.atomic`).
 
     Args:
         out_dir: Destination; must not exist or be an empty directory.
@@ -143,17 +142,11 @@ def write_kaggle_layout(
     out_dir = Path(out_dir)
     n_test = _check_layout_args(out_dir, n, test_fraction)
     patches = generate_patches(n, seed=seed, positive_fraction=positive_fraction)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp_dir:
         _write_layout_files(tmp_dir, patches, n - n_test, progress)
         (tmp_dir / "README.md").write_text(
             _readme_text(seed, n - n_test, n_test, patches), encoding="utf-8"
         )
-        tmp_dir.replace(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return {
         "out_dir": str(out_dir),
         "n_train": n - n_test,

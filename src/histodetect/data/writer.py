@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
+import contextlib
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -15,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from histodetect import __version__
+from histodetect.atomic import move_into_place, output_lock, temp_sibling
 from histodetect.data.patch import PATCH_SIZE_PX, patch_ids
 from histodetect.data.quality import duplicate_groups
 from histodetect.data.store import (
@@ -22,12 +22,14 @@ from histodetect.data.store import (
     MANIFEST_FILE,
     PIXELS_FILE,
     STORE_FORMAT_VERSION,
+    UNLABELLED,
     Manifest,
     PatchStore,
+    not_a_store_reason,
+    split_display,
+    store_fingerprint,
 )
 from histodetect.errors import HistodetectError
-
-TEMP_MARKER = ".tmp-"
 
 
 class StoreWriter:
@@ -35,8 +37,10 @@ class StoreWriter:
 
     Everything goes into a hidden sibling folder `.<name>.tmp-<random>`; `finish()` writes the
     manifest and header and renames it to the destination. Leaving the `with` block by an
-    exception (or Ctrl-C) deletes the temporary folder. Temporary folders of killed runs are
-    removed by the next writer to the same destination.
+    exception (or Ctrl-C) deletes the temporary folder. The `with` block holds the lock on the
+    destination (a second writer is refused); temporary folders of killed runs are removed by
+    the next writer to the same destination. See `check_store_destination` for what `overwrite`
+    may replace.
 
     Example:
         with StoreWriter(out) as writer:
@@ -44,27 +48,26 @@ class StoreWriter:
             store = writer.finish({"source": "..."})
     """
 
-    def __init__(self, out: Path | str, *, overwrite: bool = False) -> None:
+    def __init__(
+        self, out: Path | str, *, overwrite: bool = False, inputs: Sequence[Path] = ()
+    ) -> None:
         self.out = Path(out)
-        if (
-            self.out.exists()
-            and not overwrite
-            and (not self.out.is_dir() or any(self.out.iterdir()))
-        ):
-            raise HistodetectError(
-                f"{self.out} already exists; choose another --out or pass --overwrite."
-            )
+        check_store_destination(self.out, overwrite, inputs)
         self.overwrite = overwrite
-        self.tmp = self.out.parent / f".{self.out.name}{TEMP_MARKER}{uuid.uuid4().hex[:8]}"
+        self.tmp = temp_sibling(self.out)
         self._columns: dict[str, list[Any]] = {k: [] for k in Manifest.__dataclass_fields__}
         self._pixels_file: Any = None
         self._seen: set[str] = set()
+        self._lock = contextlib.ExitStack()
 
     def __enter__(self) -> StoreWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_temps(self.out)
-        self.tmp.mkdir()
-        self._pixels_file = (self.tmp / PIXELS_FILE).open("wb")
+        self._lock.enter_context(output_lock(self.out))
+        try:
+            self.tmp.mkdir()
+            self._pixels_file = (self.tmp / PIXELS_FILE).open("wb")
+        except BaseException:
+            self._close()
+            raise
         return self
 
     def __exit__(
@@ -73,10 +76,15 @@ class StoreWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._close()
+
+    def _close(self) -> None:
         if self._pixels_file is not None:
             self._pixels_file.close()
+            self._pixels_file = None
         if self.tmp.exists():  # finish() renamed it away on success
             shutil.rmtree(self.tmp, ignore_errors=True)
+        self._lock.close()
 
     def __len__(self) -> int:
         return len(self._columns["ids"])
@@ -122,6 +130,21 @@ class StoreWriter:
         self._columns["flags"] += list(flags)
         self._seen.update(ids)
 
+    def mark_unlabelled(self, ids: set[str], flag: str) -> int:
+        """Make every added patch whose id is in `ids` unlabelled and add `flag` to its flags.
+
+        Used for patches that must not be trained or evaluated on (e.g. conflicting labels).
+
+        Returns:
+            The number of patches marked.
+        """
+        c = self._columns
+        rows = [i for i, pid in enumerate(c["ids"]) if pid in ids]
+        for i in rows:
+            c["labels"][i] = UNLABELLED
+            c["flags"][i] = ";".join(f for f in (c["flags"][i], flag) if f)
+        return len(rows)
+
     def finish(self, header_extra: dict[str, Any]) -> PatchStore:
         """Write manifest and header, move the store into place and open it."""
         self._pixels_file.close()
@@ -130,7 +153,8 @@ class StoreWriter:
         manifest.write_csv(self.tmp / MANIFEST_FILE)
         header = {**_header(manifest), **header_extra}
         (self.tmp / HEADER_FILE).write_text(json.dumps(header, indent=2) + "\n")
-        _move_into_place(self.tmp, self.out, self.overwrite)
+        check_store_destination(self.out, self.overwrite)  # again: it may have changed meanwhile
+        move_into_place(self.tmp, self.out, replace=self.overwrite)
         return PatchStore(self.out)
 
     @property
@@ -153,22 +177,12 @@ class StoreWriter:
         )
 
 
-def store_fingerprint(manifest: Manifest) -> str:
-    """SHA-1 over ids, labels and splits, in order."""
-    h = hashlib.sha1()
-    for pid, label, split in zip(
-        manifest.ids, manifest.labels.tolist(), manifest.splits, strict=True
-    ):
-        h.update(f"{pid},{label},{split}\n".encode())
-    return h.hexdigest()
-
-
 def _header(manifest: Manifest) -> dict[str, Any]:
     """Counts per split and class, class balance, fingerprint and format version."""
     counts: dict[str, dict[str, int]] = {}
     for split in sorted(set(manifest.splits.tolist())):
         labels = manifest.labels[manifest.splits == split]
-        counts[split or "(none)"] = {
+        counts[split_display(split)] = {
             "total": len(labels),
             "tumour": int((labels == 1).sum()),
             "normal": int((labels == 0).sum()),
@@ -189,20 +203,39 @@ def _header(manifest: Manifest) -> dict[str, Any]:
     }
 
 
-def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename tmp to out; with overwrite, the old store is replaced only once the new is complete."""
-    if out.exists():
-        if not overwrite:
-            raise HistodetectError(f"{out} appeared while ingesting; nothing was overwritten.")
-        old = out.parent / f".{out.name}{TEMP_MARKER}old-{uuid.uuid4().hex[:8]}"
-        out.replace(old)
-        tmp.replace(out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.replace(out)
+def check_store_destination(out: Path, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
+    """Raise unless a store may be written at `out`.
+
+    `out` may be a new path or an empty folder; with `overwrite`, also a store that histodetect
+    wrote and that holds nothing else (see `not_a_store_reason`). Never a folder that holds one
+    of `inputs`, a file, or a symbolic link.
+    """
+    for source in inputs:
+        if _holds(out, source):
+            raise HistodetectError(
+                f"--out {out} holds the input {source}; choose an --out outside the input "
+                "(nothing was changed)."
+            )
+    if out.is_symlink():
+        raise HistodetectError(f"--out {out} is a symbolic link; name the folder itself.")
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise HistodetectError(f"--out {out} is a file; choose a folder name.")
+    reason = not_a_store_reason(out)
+    if reason is not None:
+        raise HistodetectError(
+            f"{out} already exists and is not a patch store (it {reason}); choose another "
+            "--out: --overwrite replaces only a store that histodetect wrote (nothing was deleted)."
+        )
+    if not overwrite:
+        raise HistodetectError(
+            f"{out} already exists (a patch store); pass --overwrite to replace it, or choose "
+            "another --out."
+        )
 
 
-def _remove_stale_temps(out: Path) -> None:
-    """Delete temporary folders left by a killed writer to the same destination."""
-    for stale in out.parent.glob(f".{out.name}{TEMP_MARKER}*"):
-        shutil.rmtree(stale, ignore_errors=True)
+def _holds(folder: Path, path: Path) -> bool:
+    """True when `path` is `folder` or lies inside it (symbolic links resolved)."""
+    folder, path = folder.resolve(), path.resolve()
+    return path == folder or folder in path.parents

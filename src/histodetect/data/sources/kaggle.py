@@ -4,11 +4,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histodetect.data.quality import BAD_LABEL, MISSING_IMAGE, MISSING_LABEL, Problem
+from histodetect.data.quality import (
+    AMBIGUOUS_ID,
+    BAD_LABEL,
+    LABEL_CONFLICT,
+    MISSING_IMAGE,
+    MISSING_LABEL,
+    Problem,
+)
 from histodetect.data.sources.base import FileEntry, FileListSource
 from histodetect.data.sources.labels_csv import parse_label, read_csv_rows
 from histodetect.errors import HistodetectError
 
+TIFF_SUFFIXES = (".tif", ".tiff")
 SLIDES_FILE = "train_slides.csv"
 """Optional `id,slide` file beside train_labels.csv (e.g. the community's patch-to-WSI map)."""
 
@@ -31,46 +39,69 @@ class KaggleSource(FileListSource):
 
     def _list_train(self, slides: dict[str, str]) -> None:
         labels_csv = self.root / "train_labels.csv"
-        files = _tifs_by_id(self.root / "train")
+        files, ambiguous = self._tifs_by_id(self.root / "train")
         if not labels_csv.is_file():
             for path in files.values():
                 self.problems.append(
                     Problem(str(path), MISSING_LABEL, "has no label: no train_labels.csv")
                 )
             return
-        labelled: set[str] = set()
-        for row in read_csv_rows(labels_csv, ("id", "label")):
-            pid = row["id"]
-            origin = f"{labels_csv.name}:{pid}"
-            if pid in labelled:
-                self.problems.append(Problem(origin, BAD_LABEL, "id listed twice"))
-                continue
-            labelled.add(pid)
+        labels = self._read_labels(labels_csv)
+        for pid, label in labels.items():
+            if label is None or pid in ambiguous:
+                continue  # already reported
             if pid not in files:
+                origin = f"{labels_csv.name}:{pid}"
                 self.problems.append(Problem(origin, MISSING_IMAGE, f"no image train/{pid}.tif"))
-                continue
-            label = parse_label(row["label"], origin, self.problems)
-            if label is None:
-                continue
-            if label == -1:
-                self.problems.append(Problem(origin, BAD_LABEL, "label is empty"))
                 continue
             self.entries.append(FileEntry(files[pid], label, "train", slides.get(pid, "")))
         for pid, path in files.items():
-            if pid not in labelled:
+            if pid not in labels:
                 self.problems.append(Problem(str(path), MISSING_LABEL, "not in train_labels.csv"))
 
+    def _read_labels(self, labels_csv: Path) -> dict[str, int | None]:
+        """id -> 0/1 from train_labels.csv; None for an id whose label is bad or conflicting."""
+        labels: dict[str, int | None] = {}
+        for row in read_csv_rows(labels_csv, ("id", "label")):
+            pid = row["id"]
+            origin = f"{labels_csv.name}:{pid}"
+            label = parse_label(row["label"], origin, self.problems)
+            if label == -1:
+                self.problems.append(Problem(origin, BAD_LABEL, "label is empty"))
+                label = None
+            if pid not in labels:
+                labels[pid] = label
+            elif label is not None and labels[pid] is not None and label != labels[pid]:
+                reason = "listed with labels 0 and 1; left out (fix train_labels.csv)"
+                self.problems.append(Problem(origin, LABEL_CONFLICT, reason))
+                labels[pid] = None
+            else:
+                self.problems.append(Problem(origin, BAD_LABEL, "id listed twice"))
+        return labels
+
     def _list_test(self) -> None:
-        for path in _tifs_by_id(self.root / "test").values():
+        files, _ = self._tifs_by_id(self.root / "test")
+        for path in files.values():
             self.entries.append(FileEntry(path, -1, "test"))
 
+    def _tifs_by_id(self, folder: Path) -> tuple[dict[str, Path], set[str]]:
+        """File stem -> path of every .tif/.tiff in `folder`, and the ids naming several files.
 
-def _tifs_by_id(folder: Path) -> dict[str, Path]:
-    """File stem -> path for every .tif in `folder`, sorted by name for a stable order."""
-    if not folder.is_dir():
-        return {}
-    paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".tif", ".tiff"})
-    return {p.stem: p for p in paths}
+        An id that names more than one file (`<id>.tif` beside `<id>.tiff`) cannot say which
+        file its label belongs to: it is reported (`ambiguous_id`) and left out.
+        """
+        if not folder.is_dir():
+            return {}, set()
+        by_id: dict[str, list[Path]] = {}
+        for path in sorted(folder.iterdir()):
+            if path.suffix.lower() in TIFF_SUFFIXES:
+                by_id.setdefault(path.stem, []).append(path)
+        ambiguous = {pid for pid, paths in by_id.items() if len(paths) > 1}
+        for pid in sorted(ambiguous):
+            names = " and ".join(f"{folder.name}/{p.name}" for p in by_id[pid])
+            reason = f"{names} share the id {pid}; neither was used (keep one of them)"
+            self.problems.append(Problem(str(by_id[pid][0]), AMBIGUOUS_ID, reason))
+        return {pid: paths[0] for pid, paths in by_id.items() if pid not in ambiguous}, ambiguous
 
 
 def _read_slides(path: Path, required: bool) -> dict[str, str]:
@@ -87,6 +118,6 @@ def looks_like_kaggle(root: Path) -> bool:
         return True
     return any(
         (root / sub).is_dir()
-        and any(p.suffix.lower() in {".tif", ".tiff"} for p in (root / sub).iterdir())
+        and any(p.suffix.lower() in TIFF_SUFFIXES for p in (root / sub).iterdir())
         for sub in ("train", "test")
     )

@@ -1,0 +1,373 @@
+"""Catalogue of bad data inputs (ingest, inspect, synth): each is one sentence naming the file or
+option, exit code 2, no traceback, and nothing of the user's lost or half-written left behind.
+
+Add a case here for every defect found in how the data commands treat a bad input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from histodetect.cli.main import main
+from imagefiles import make_kaggle, make_pcam, random_patch, save_image, save_tif
+
+QUIET = ["--no-progress", "--workers", "1"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """A bad input: `build` makes it in a folder and returns the command's arguments."""
+
+    name: str
+    build: Callable[[Path], list[str]]
+    says: tuple[str, ...]  # fragments the error must hold (the file or option it names)
+    may_add: tuple[str, ...] = ()  # paths (relative) the failed command may leave: its reports
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    """Relative path -> content digest ("dir" for folders) of everything under `root`."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = str(path.relative_to(root))
+        if path.is_symlink():
+            out[rel] = f"link:{path.readlink()}"
+        elif path.is_dir():
+            out[rel] = "dir"
+        else:
+            out[rel] = hashlib.sha1(path.read_bytes()).hexdigest()
+    return out
+
+
+def _store(root: Path, rng: np.random.Generator, name: str = "st") -> Path:
+    make_kaggle(root / "src", rng, n_train=6, n_test=0)
+    assert main(["ingest", str(root / "src"), "--out", str(root / name), *QUIET]) == 0
+    return root / name
+
+
+def _rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+# ----------------------------------------------------------------------------- builders
+
+
+def overwrite_parent_of_input(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "project" / "data", _rng(), n_train=4, n_test=0)
+    (tmp / "project" / "notes.txt").write_text("mine")
+    return ["ingest", "project/data", "--out", "project", "--overwrite"]
+
+
+def overwrite_the_input(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    return ["ingest", "k", "--out", "k", "--overwrite"]
+
+
+def overwrite_a_folder_of_other_files(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    (tmp / "results").mkdir()
+    (tmp / "results" / "thesis.docx").write_text("years of work")
+    return ["ingest", "k", "--out", "results", "--overwrite"]
+
+
+def overwrite_a_store_holding_other_files(tmp: Path) -> list[str]:
+    _store(tmp, _rng())
+    (tmp / "st" / "notes.txt").write_text("mine")
+    return ["ingest", "src", "--out", "st", "--overwrite"]
+
+
+def out_is_a_file(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    (tmp / "st").write_text("a file")
+    return ["ingest", "k", "--out", "st"]
+
+
+def existing_out_fails_before_reading(tmp: Path) -> list[str]:
+    (tmp / "st").mkdir()
+    (tmp / "st" / "keep.txt").write_text("mine")
+    return ["ingest", "no-such-source", "--out", "st"]  # the out is refused first
+
+
+def another_ingest_holds_the_lock(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    (tmp / ".st.tmp-0therrun").mkdir()  # the other process's folder in progress
+    (tmp / ".st.tmp-0therrun" / "pixels.u8").write_bytes(b"in progress")
+    return ["ingest", "k", "--out", "st"]
+
+
+def _pcam_x(tmp: Path, x: np.ndarray) -> None:
+    base = tmp / "p" / "camelyonpatch_level_2_split_valid"
+    base.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(f"{base}_x.h5", "w") as f:
+        f.create_dataset("x", data=x)
+    with h5py.File(f"{base}_y.h5", "w") as f:
+        f.create_dataset("y", data=np.zeros((len(x), 1, 1, 1), np.uint8))
+
+
+def pcam_float_pixels(tmp: Path) -> list[str]:
+    _pcam_x(tmp, _rng().random((4, 96, 96, 3), dtype=np.float32))
+    return ["ingest", "p", "--out", "st"]
+
+
+def pcam_int64_pixels(tmp: Path) -> list[str]:
+    _pcam_x(tmp, _rng().integers(-255, 255, (4, 96, 96, 3), dtype=np.int64))
+    return ["ingest", "p", "--out", "st"]
+
+
+def pcam_truncated_h5(tmp: Path) -> list[str]:
+    make_pcam(tmp / "p", _rng(), {"valid": 40})
+    x = tmp / "p" / "camelyonpatch_level_2_split_valid_x.h5"
+    x.write_bytes(x.read_bytes()[: x.stat().st_size // 2])
+    return ["ingest", "p", "--out", "st"]
+
+
+def strict_lists_every_problem(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    for name in ("broken1", "broken2"):
+        (tmp / "k" / "train" / f"{name}.tif").write_bytes(b"junk")
+    with (tmp / "k" / "train_labels.csv").open("a") as f:
+        f.write("broken1,1\nbroken2,0\nghost,1\n")
+    return ["ingest", "k", "--out", "st", "--strict"]
+
+
+def csv_names_one_file_as_0_and_1(tmp: Path) -> list[str]:
+    save_image(tmp / "img" / "a.png", random_patch(_rng()))
+    (tmp / "list.csv").write_text("path,label\nimg/a.png,0\nimg/a.png,1\n")
+    return ["ingest", "list.csv", "--out", "st", "--strict"]
+
+
+def symlink_to_tumour_inside_normal(tmp: Path) -> list[str]:
+    tumour = save_image(tmp / "f" / "1" / "t.png", random_patch(_rng()))
+    save_image(tmp / "f" / "0" / "n.png", random_patch(np.random.default_rng(1)))
+    (tmp / "f" / "0" / "t.png").symlink_to(tumour)
+    return ["ingest", "f", "--out", "st", "--strict"]
+
+
+def kaggle_id_labelled_0_and_1(tmp: Path) -> list[str]:
+    ids = make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    with (tmp / "k" / "train_labels.csv").open("a") as f:
+        f.write(f"{ids[0]},1\n")  # ids[0] is labelled 0 first
+    return ["ingest", "k", "--out", "st", "--strict"]
+
+
+def kaggle_tif_beside_tiff(tmp: Path) -> list[str]:
+    ids = make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    shutil.copy(tmp / "k" / "train" / f"{ids[1]}.tif", tmp / "k" / "train" / f"{ids[1]}.tiff")
+    return ["ingest", "k", "--out", "st", "--strict"]
+
+
+def tiff_with_16_bit_rgb(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "k", _rng(), n_train=2, n_test=0)
+    save_tif(tmp / "k" / "test" / "deep.tif", _rng().integers(0, 65535, (96, 96, 3), np.uint16))
+    return ["ingest", "k", "--out", "st", "--strict"]
+
+
+def tiff_with_float_pixels(tmp: Path) -> list[str]:
+    make_kaggle(tmp / "k", _rng(), n_train=2, n_test=0)
+    save_tif(tmp / "k" / "test" / "float.tif", _rng().random((96, 96), dtype=np.float32))
+    return ["ingest", "k", "--out", "st", "--strict"]
+
+
+def header_only_csv(tmp: Path) -> list[str]:
+    (tmp / "list.csv").write_text("path,label\n")
+    return ["ingest", "list.csv", "--out", "st"]
+
+
+def wrong_format_gives_no_patch(tmp: Path) -> list[str]:
+    save_image(tmp / "f" / "0" / "a.png", random_patch(_rng()))
+    return ["ingest", "f", "--out", "st", "--format", "kaggle"]
+
+
+def every_file_unreadable(tmp: Path) -> list[str]:
+    for name in ("a", "b"):
+        (tmp / "f" / "1").mkdir(parents=True, exist_ok=True)
+        (tmp / "f" / "1" / f"{name}.png").write_bytes(b"not a png")
+    return ["ingest", "f", "--out", "st"]
+
+
+def _manifest_edit(edit: Callable[[list[str]], list[str]]) -> Callable[[Path], list[str]]:
+    def build(tmp: Path) -> list[str]:
+        store = _store(tmp, _rng())
+        lines = (store / "manifest.csv").read_text().splitlines()
+        (store / "manifest.csv").write_text("\n".join(edit(lines)) + "\n")
+        return ["inspect", "st"]
+
+    return build
+
+
+def _set_label(value: str | None) -> Callable[[list[str]], list[str]]:
+    """Edit the first row's label to `value` (None: flip 0 and 1)."""
+
+    def edit(lines: list[str]) -> list[str]:
+        fields = lines[1].split(",")
+        fields[1] = value if value is not None else str(1 - int(fields[1]))
+        return [lines[0], ",".join(fields), *lines[2:]]
+
+    return edit
+
+
+REPORT = ("st.ingest_report.md",)  # a failed ingest lists its problems there
+
+CASES = [
+    Case("overwrite_parent_of_input", overwrite_parent_of_input, ("--out project", "project/data")),
+    Case("overwrite_the_input", overwrite_the_input, ("--out k", "holds the input")),
+    Case("overwrite_foreign_folder", overwrite_a_folder_of_other_files, ("results", "--overwrite")),
+    Case("overwrite_store_with_extras", overwrite_a_store_holding_other_files, ("notes.txt",)),
+    Case("out_is_a_file", out_is_a_file, ("--out st", "is a file")),
+    Case("existing_out_checked_first", existing_out_fails_before_reading, ("st", "already exists")),
+    Case("concurrent_ingest", another_ingest_holds_the_lock, ("another histodetect", "st")),
+    Case("pcam_float32_x", pcam_float_pixels, ("float32", "_valid_x.h5")),
+    Case("pcam_int64_x", pcam_int64_pixels, ("int64", "_valid_x.h5")),
+    Case("pcam_truncated_h5", pcam_truncated_h5, ("_valid_x.h5", "truncated")),
+    Case(
+        "strict_lists_every_problem",
+        strict_lists_every_problem,
+        ("--strict: 3 problems (missing_image: 1, unreadable: 2)", "broken1.tif", "st.ingest_report.md"),
+        REPORT,
+    ),
+    Case("csv_0_and_1", csv_names_one_file_as_0_and_1, ("label_conflict", "a.png"), REPORT),
+    Case("symlink_into_0", symlink_to_tumour_inside_normal, ("label_conflict", "t.png"), REPORT),
+    Case("kaggle_id_0_and_1", kaggle_id_labelled_0_and_1, ("label_conflict", "train_labels.csv"), REPORT),
+    Case("kaggle_tif_and_tiff", kaggle_tif_beside_tiff, ("ambiguous_id", ".tiff"), REPORT),
+    Case("tiff_16_bit_rgb", tiff_with_16_bit_rgb, ("deep.tif", "16-bit integer pixels in 3 channels"), REPORT),
+    Case("tiff_float", tiff_with_float_pixels, ("float.tif", "floating-point"), REPORT),
+    Case("header_only_csv", header_only_csv, ("list.csv", "gave no patch")),
+    Case("wrong_format", wrong_format_gives_no_patch, ("gave no patch", "--format")),
+    Case("every_file_unreadable", every_file_unreadable, ("gave no patch", "2 problems (unreadable: 2)", "f/1/a.png"), REPORT),
+    Case("manifest_label_7", _manifest_edit(_set_label("7")), ("st/manifest.csv", "label '7'")),
+    Case("manifest_empty_label", _manifest_edit(_set_label("")), ("st/manifest.csv", "label ''")),
+    Case("manifest_row_removed", _manifest_edit(lambda lines: lines[:-1]), ("st/manifest.csv", "5 rows")),
+    Case("manifest_label_flipped", _manifest_edit(_set_label(None)), ("st/manifest.csv", "header.json")),
+]  # fmt: skip
+
+
+@contextlib.contextmanager
+def _held_lock(path: Path) -> Iterator[None]:
+    """Hold `path` locked from a separate open file, as a second process would."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _run(argv: list[str], cwd: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    old = Path.cwd()
+    os.chdir(cwd)
+    try:
+        code = main([*argv, *QUIET] if argv[0] == "ingest" else argv)
+    finally:
+        os.chdir(old)
+    return code, capsys.readouterr().err
+
+
+def _assert_one_sentence(code: int, err: str, says: tuple[str, ...]) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and "internal error" not in err
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in says:
+        assert fragment in err, (fragment, err)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_data_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: Case) -> None:
+    argv = case.build(tmp_path)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    with contextlib.ExitStack() as stack:
+        if case.name == "concurrent_ingest":
+            stack.enter_context(_held_lock(tmp_path / ".st.lock"))
+            before = _snapshot(tmp_path)
+        code, err = _run(argv, tmp_path, capsys)
+    _assert_one_sentence(code, err, case.says)
+    after = _snapshot(tmp_path)
+    lost = {k: v for k, v in before.items() if after.get(k) != v}
+    added = sorted(set(after) - set(before) - set(case.may_add))
+    assert not lost, f"changed or lost: {lost}"
+    assert not added, f"left behind: {added}"
+
+
+# ----------------------------------------------------------------------------- read-only --out
+
+
+@pytest.fixture
+def make_read_only() -> Iterator[Callable[[Path], None]]:
+    """Make folders unwritable (chmod for a user, the immutable attribute for root)."""
+    undo: list[Callable[[], None]] = []
+
+    def lock(folder: Path) -> None:
+        if os.geteuid() != 0:
+            folder.chmod(0o555)
+            undo.append(lambda: folder.chmod(0o755))
+            return
+        chattr = shutil.which("chattr")
+        done = chattr and subprocess.run([chattr, "+i", str(folder)], capture_output=True)
+        if not done or done.returncode != 0:
+            pytest.skip("cannot make a folder read-only here (root without chattr +i)")
+        undo.append(lambda: subprocess.run([str(chattr), "-i", str(folder)], check=True))
+
+    yield lock
+    for step in reversed(undo):
+        step()
+
+
+READ_ONLY = {
+    "ingest": (["ingest", "src", "--out", "ro/st"], "ro", "cannot use ro/st"),
+    "synth": (["synth", "--out", "ro/k", "-n", "4", "--no-progress"], "ro", "cannot use ro/k"),
+    "inspect": (["inspect", "st"], "st", "cannot use st/inspect"),
+}
+
+
+@pytest.mark.parametrize("command", sorted(READ_ONLY))
+def test_read_only_out_is_one_sentence(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    make_read_only: Callable[[Path], None],
+    command: str,
+) -> None:
+    argv, read_only, says = READ_ONLY[command]
+    _store(tmp_path, _rng())  # src/ (a Kaggle layout) and st/ (its store)
+    (tmp_path / "ro").mkdir()
+    make_read_only(tmp_path / read_only)
+    capsys.readouterr()
+    before = _snapshot(tmp_path)
+    code, err = _run(argv, tmp_path, capsys)
+    _assert_one_sentence(code, err, (says,))
+    assert _snapshot(tmp_path) == before
+
+
+# ----------------------------------------------------------------------------- predict's reader
+
+
+def test_broken_symlink_in_a_predicted_folder_is_an_error_row(tmp_path: Path) -> None:
+    from histodetect.inference.inputs import collect_inputs, iter_batches
+
+    save_image(tmp_path / "in" / "a.png", random_patch(_rng()))
+    (tmp_path / "in" / "b.png").symlink_to(tmp_path / "gone.png")
+    batches = list(iter_batches(collect_inputs([tmp_path / "in"]), 96))
+    rows = dict(zip(batches[0].paths, batches[0].errors, strict=True))
+    assert rows[str(tmp_path / "in" / "a.png")] is None
+    assert "broken symbolic link" in str(rows[str(tmp_path / "in" / "b.png")])
+
+
+def test_truncated_h5_given_to_predict_is_one_sentence(tmp_path: Path) -> None:
+    from histodetect.errors import HistodetectError
+    from histodetect.inference.inputs import collect_inputs
+
+    make_pcam(tmp_path, _rng(), {"valid": 40})
+    x = tmp_path / "camelyonpatch_level_2_split_valid_x.h5"
+    x.write_bytes(x.read_bytes()[:5000])
+    with pytest.raises(HistodetectError, match=f"{x} cannot be read as an HDF5 file.*truncated"):
+        collect_inputs([x])
