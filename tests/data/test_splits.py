@@ -76,5 +76,16 @@ def test_choose_split_warns_when_random(tmp_path: Path, rng: np.random.Generator
 def test_leak_check_names_the_count(tmp_path: Path, rng: np.random.Generator) -> None:
     store = _store(tmp_path, rng, ["train"] * 6, [""] * 6, dup=True)
     check_no_leak(store, np.array([0, 2]), np.array([3, 4]))
-    with pytest.raises(HistodetectError, match="leak: 1 patches appear in both"):
+    with pytest.raises(HistodetectError, match="leak: 1 patch appears in both"):
         check_no_leak(store, np.array([0, 2]), np.array([1, 4]))
+
+
+def test_tiny_store_splits_with_every_class_or_says_why(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    store = _store(tmp_path, rng, [""] * 5, [""] * 5)  # 3 normal, 2 tumour, no valid split
+    with pytest.warns(OptimisticSplitWarning):
+        split = choose_split(store, valid_fraction=0.1)
+    assert sorted(store.manifest.labels[split.valid].tolist()) == [0, 1]
+    with pytest.raises(HistodetectError, match=r"too few labelled patches.*2 patches of class 1"):
+        choose_split(store, valid_fraction=0.9)

@@ -10,6 +10,7 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from histodetect.data.store import PatchStore
 from histodetect.errors import HistodetectError
+from histodetect.wording import plural
 
 RANDOM_SPLIT_WARNING = (
     "random split of patches without slide ids: the same slide (and near-identical tissue) lands "
@@ -42,10 +43,14 @@ class Split:
 def stratified_split(
     labels: np.ndarray, valid_fraction: float, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Positions of a random split that keeps the class balance (the original recipe)."""
+    """Positions of a random split that keeps the class balance (the original recipe).
+
+    The validation side holds `valid_fraction` of the patches (rounded up, as sklearn does),
+    and at least one patch of each class.
+    """
     positions = np.arange(len(labels))
     train, valid = train_test_split(
-        positions, test_size=valid_fraction, stratify=labels, random_state=seed
+        positions, test_size=_n_valid(labels, valid_fraction), stratify=labels, random_state=seed
     )
     return np.sort(train), np.sort(valid)
 
@@ -80,7 +85,10 @@ def choose_split(store: PatchStore, valid_fraction: float = 0.1, seed: int = 0) 
     else:
         pool = np.flatnonzero(labelled & (m.splits != "test"))
         if len(pool) < 4:
-            raise HistodetectError(f"{store.root} has only {len(pool)} labelled patches to split.")
+            raise HistodetectError(
+                f"{store.root} has only {plural(len(pool), 'labelled patch')} to split."
+            )
+        _check_splittable(m.labels[pool], valid_fraction, store)
         if (m.slides[pool] != "").all() and len(np.unique(m.slides[pool])) >= 2:
             t, v = slide_grouped_split(m.labels[pool], m.slides[pool], valid_fraction, seed)
             split = Split(pool[t], pool[v], "slide-grouped", True)
@@ -92,11 +100,33 @@ def choose_split(store: PatchStore, valid_fraction: float = 0.1, seed: int = 0) 
     return split
 
 
+def _check_splittable(labels: np.ndarray, valid_fraction: float, store: PatchStore) -> None:
+    """Raise one sentence where a split cannot hold every class on both sides."""
+    classes, counts = np.unique(labels, return_counts=True)
+    if counts.min() >= 2 and len(labels) - _n_valid(labels, valid_fraction) >= len(classes):
+        return
+    per_class = ", ".join(
+        f"{plural(int(k), 'patch', 'patches')} of class {c}"
+        for c, k in zip(classes, counts, strict=True)
+    )
+    raise HistodetectError(
+        f"{store.root} has too few labelled patches to hold out {valid_fraction:g} for validation "
+        f"({per_class}): a split needs at least 2 patches of each class and some left to train "
+        "on; add patches, change --valid-fraction, or ingest a store with a valid split."
+    )
+
+
+def _n_valid(labels: np.ndarray, valid_fraction: float) -> int:
+    """Patches to hold out: the fraction rounded up, and at least one per class."""
+    return max(len(np.unique(labels)), int(np.ceil(valid_fraction * len(labels))))
+
+
 def check_no_leak(store: PatchStore, train: np.ndarray, valid: np.ndarray) -> None:
     """Raise when any patch (by pixel id) appears on both sides of a split."""
     shared = np.intersect1d(store.manifest.ids[train], store.manifest.ids[valid])
     if len(shared):
         raise HistodetectError(
-            f"leak: {len(shared)} patches appear in both training and validation "
+            f"leak: {plural(len(shared), 'patch')} {'appears' if len(shared) == 1 else 'appear'} "
+            "in both training and validation "
             f"(e.g. {shared[0]}); ingest with --drop-duplicates or fix the splits."
         )
