@@ -53,3 +53,9 @@ def test_write_text_atomic_and_temp_names(tmp_path: Path) -> None:
     assert (tmp_path / "a.md").read_text() == "two"
     assert is_temp_name(temp_sibling(tmp_path / "x", "scratch").name)
     assert is_temp_name(".x.lock") and not is_temp_name("x.tmp-1") and not is_temp_name(".bashrc")
+
+
+@pytest.mark.parametrize("out", [".", ".."])
+def test_an_out_without_a_name_is_refused(out: str) -> None:
+    with pytest.raises(HistodetectError, match=r"names no new folder"), output_lock(Path(out)):
+        pass

@@ -61,8 +61,12 @@ def output_lock(out: Path) -> Iterator[None]:
     Re-entrant within a process. On first entry, temporaries of killed runs are removed.
 
     Raises:
-        HistodetectError: another process is writing `out`.
+        HistodetectError: another process is writing `out`, or `out` names no folder (".").
     """
+    if out.name in ("", ".", ".."):
+        raise HistodetectError(
+            f"--out {out} names no new folder; give the output a name, e.g. --out {out}/store."
+        )
     key = str(out.absolute())
     if key in _held:
         _held[key] += 1
