@@ -25,6 +25,8 @@ COMMANDS = {
     "calibrate": "histodetect.cli.calibrate",
     "evaluate": "histodetect.cli.evaluate",
     "predict": "histodetect.cli.predict",
+    "slide": "histodetect.cli.slide",
+    "explain": "histodetect.cli.explain",
 }
 
 

@@ -1,0 +1,51 @@
+"""`histodetect explain`: calibrated probability and a Grad-CAM overlay PNG for each patch."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from histodetect.cli import options
+
+HELP = "Grad-CAM overlays (which pixels drove the decision) and probabilities of single patches"
+MAX_LISTED_FAILURES = 10
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "patches",
+        nargs="+",
+        metavar="PATCH",
+        help="patch images (.tif/.png/.jpg), folders, glob patterns, patch stores or PCam _x.h5 "
+        "files, as for predict",
+    )
+    options.add_out(parser, "folder to write: <id>.png per patch and explanations.csv")
+    parser.add_argument(
+        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+    )
+    options.add_inference(parser)
+    options.add_workers(parser)
+    options.add_overwrite(parser)
+    options.add_progress(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from histodetect.explain.explanations import check_out_folder, explain_inputs
+    from histodetect.inference.predictor import Predictor
+
+    check_out_folder(args.out, args.overwrite)
+    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    rows = explain_inputs(
+        args.patches,
+        args.out,
+        predictor,
+        overwrite=args.overwrite,
+        progress=args.progress,
+        workers=args.workers,
+    )
+    failed = [row for row in rows if row.error is not None]
+    for row in failed[:MAX_LISTED_FAILURES]:
+        print(f"  {row.path}: {row.error}", file=sys.stderr)
+    print(f"{len(rows) - len(failed)} patches explained, {len(failed)} failed; see {args.out}.")
+    return 1 if failed and len(failed) == len(rows) else 0

@@ -1,0 +1,79 @@
+"""`histodetect slide`: tumour heatmaps, regions and a summary for whole-slide images."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from histodetect.cli import options
+
+HELP = "tumour heatmap, regions (GeoJSON), summary and report for whole-slide images"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "slides",
+        nargs="+",
+        type=Path,
+        metavar="SLIDE",
+        help="slide files: tiled pyramidal TIFF/OME-TIFF, OpenSlide formats (.svs, .ndpi, "
+        ".mrxs, ...; needs the slides extra) or PNG/JPEG",
+    )
+    options.add_out(parser, "folder for the results, one sub-folder per slide")
+    parser.add_argument(
+        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+    )
+    parser.add_argument(
+        "--mpp",
+        type=float,
+        help="microns per level-0 pixel of the slides (needed when a slide records none; "
+        "overrides what they record)",
+    )
+    parser.add_argument(
+        "--stride-px",
+        type=int,
+        default=32,
+        help="cell side in pixels at the model's resolution; each cell is scored by the tile "
+        "centred on it (default 32: PCam's centre label)",
+    )
+    parser.add_argument(
+        "--shard", metavar="I/N", help="process only slide I, I+N, I+2N, ... (1 <= I <= N)"
+    )
+    parser.add_argument(
+        "--reader",
+        choices=("auto", "openslide", "tifffile", "pil"),
+        default="auto",
+        help="slide reader (default auto: OpenSlide when it recognises the file)",
+    )
+    options.add_inference(parser)
+    options.add_overwrite(parser)
+    options.add_progress(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from histodetect.inference.predictor import Predictor
+    from histodetect.slides.runner import SlideOptions, parse_shard, run_slides, shard_slides
+
+    slides = shard_slides(args.slides, parse_shard(args.shard))
+    if not slides:
+        print(f"Shard {args.shard} has no slides ({len(args.slides)} given); nothing to do.")
+        return 0
+    slide_options = SlideOptions(
+        args.stride_px, args.mpp, args.reader, args.overwrite, args.progress
+    )
+    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    outcome = run_slides(slides, args.out, predictor, slide_options)
+    for summary in outcome.done:
+        print(
+            f"{summary['folder']}: {summary['n_tiles']} tiles, max probability "
+            f"{summary['max_probability']:.3f}, tumour {summary['tumour_area_mm2']:.3f} mm² "
+            f"({100 * summary['tumour_fraction_of_tissue']:.1f}% of tissue) in "
+            f"{summary['n_regions']} regions, {summary['tiles_per_s']['overall']} tiles/s."
+        )
+    for folder in outcome.skipped:
+        print(f"{folder}: already done, skipped (--overwrite redoes it).")
+    print(
+        f"{len(outcome.done)} slides done, {len(outcome.skipped)} skipped, "
+        f"{len(outcome.failed)} failed."
+    )
+    return 2 if outcome.failed else 0

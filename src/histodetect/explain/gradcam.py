@@ -1,0 +1,177 @@
+"""Grad-CAM (captum's LayerGradCam) of single patches, for every registered model family.
+
+Every family splits into a features stage (the last spatial feature map) and a head that turns
+it into one logit. Which module is the features stage is one entry per family in
+`feature_stage`; an unknown family raises rather than guessing. Pixels are prepared by the
+model's own `prepare_batch` (the one preprocessing path), and the class explained is the one
+predicted at the spec's calibrated threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from histodetect.errors import HistodetectError
+from histodetect.models.spec import ModelSpec, prepare_batch
+
+INSTALL_HINT = "pip install -c constraints.txt -e '.[explain]'"
+COLOUR_MAP = "inferno"
+MAX_ALPHA = 0.6
+"""Weight of the colour map where the attribution is strongest (0 where it is nothing)."""
+TARGETS = ("predicted", "tumour", "normal")
+BATCH_SIZE = 64
+
+
+def require_captum() -> ModuleType:
+    """`captum.attr`, or a clear error naming the extra to install."""
+    try:
+        import captum.attr  # optional dependency: the `explain` extra
+    except ImportError:
+        raise HistodetectError(f"Grad-CAM needs captum: {INSTALL_HINT}.") from None
+    return captum.attr
+
+
+def _feature_table() -> dict[type[nn.Module], Callable[[Any], nn.Module]]:
+    """Model class -> its last spatial feature map (the features stage); the head is the rest."""
+    from histodetect.models.histocnn import HistoCNN
+    from histodetect.models.histonet import HistoNet
+    from histodetect.models.seed_cnn import SeedCNN
+    from histodetect.models.timm_backbone import SingleLogit
+
+    return {
+        HistoCNN: lambda model: model.features,  # conv blocks; head = flatten + dense
+        HistoNet: lambda model: model.stages,  # stem + residual stages; head = pool + linear
+        SeedCNN: lambda model: model.features,  # conv blocks; classifier = flatten + dense
+        SingleLogit: _timm_last_stage,  # the backbone's deepest feature_info stage
+    }
+
+
+def _timm_last_stage(model: Any) -> nn.Module:
+    backbone = model.backbone
+    info = getattr(backbone, "feature_info", None)
+    if not info:
+        raise HistodetectError(
+            f"Grad-CAM needs a CNN with feature stages; timm model {type(backbone).__name__} "
+            "reports none (feature_info)."
+        )
+    return backbone.get_submodule(info[-1]["module"])
+
+
+def feature_stage(model: nn.Module) -> nn.Module:
+    """The module whose output is the model's last spatial feature map (N, C, h, w).
+
+    Raises:
+        HistodetectError: a model family that has no entry in the table.
+    """
+    table = _feature_table()
+    find = table.get(type(model))
+    if find is None:
+        known = ", ".join(sorted(cls.__name__ for cls in table))
+        raise HistodetectError(
+            f"Grad-CAM does not know the model family {type(model).__name__}; it knows {known} "
+            "(add the new family to histodetect.explain.gradcam)."
+        )
+    return find(model)
+
+
+def gradcam(
+    model: nn.Module,
+    spec: ModelSpec,
+    pixels: np.ndarray,
+    *,
+    target: str = "predicted",
+    device: torch.device | None = None,
+) -> np.ndarray:
+    """Grad-CAM heat of each patch, float32 (n, S, S) in [0, 1], S = spec.patch_size_px.
+
+    Args:
+        pixels: uint8 (n, S, S, 3) patches.
+        target: "predicted" explains the class predicted at `spec.threshold`; "tumour" the
+            evidence for tumour (the logit), "normal" the evidence against (minus the logit).
+        device: where to run; default the model's device.
+
+    Outside a centre crop (`spec.crop_px`) the model sees nothing, so the heat is 0 there.
+    """
+    if target not in TARGETS:
+        raise HistodetectError(f"Grad-CAM target {target!r} is not one of {', '.join(TARGETS)}.")
+    attr = require_captum()
+    layer = feature_stage(model)
+    device = device or next(model.parameters()).device
+    model.eval()
+    parts = [
+        _gradcam_batch(attr, model, layer, spec, pixels[i : i + BATCH_SIZE], target, device)
+        for i in range(0, len(pixels), BATCH_SIZE)
+    ]
+    size = spec.patch_size_px
+    return np.concatenate(parts) if parts else np.zeros((0, size, size), dtype=np.float32)
+
+
+def _gradcam_batch(
+    attr: ModuleType,
+    model: nn.Module,
+    layer: nn.Module,
+    spec: ModelSpec,
+    pixels: np.ndarray,
+    target: str,
+    device: torch.device,
+) -> np.ndarray:
+    from histodetect.inference.scoring import logits_to_probabilities
+
+    with torch.enable_grad():
+        x = prepare_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(device), spec)
+        x.requires_grad_(True)  # so the feature map has gradients even if weights are frozen
+        with torch.no_grad():
+            logits = model(x).float()
+        sign = torch.full_like(logits, -1.0 if target == "normal" else 1.0)
+        if target == "predicted":
+            probs = logits_to_probabilities(logits.cpu().numpy(), spec)
+            sign = torch.from_numpy(np.where(probs >= spec.threshold, 1.0, -1.0)).to(logits)
+
+        def signed_logit(inputs: torch.Tensor) -> torch.Tensor:
+            return model(inputs).float() * sign
+
+        cam = attr.LayerGradCam(signed_logit, layer).attribute(x, relu_attributions=True)
+        cam = attr.LayerAttribution.interpolate(cam.detach(), tuple(x.shape[2:]), "bilinear")
+    cam = cam[:, 0].clamp_(min=0).cpu().numpy().astype(np.float32)
+    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
+    cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
+    return _uncrop(cam, spec)
+
+
+def _uncrop(cam: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Place heat over the model's centre crop into full-size (n, S, S) maps."""
+    size, crop = spec.patch_size_px, spec.input_size_px
+    if crop == size:
+        return cam
+    full = np.zeros((len(cam), size, size), dtype=np.float32)
+    top = (size - crop) // 2
+    full[:, top : top + crop, top : top + crop] = cam
+    return full
+
+
+def colour_overlay(pixels: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    """uint8 (S, S, 3): heat (S, S) in [0, 1] coloured and blended over a uint8 (S, S, 3) patch,
+    more opaque where the heat is stronger."""
+    from matplotlib import colormaps
+
+    colour = colormaps[COLOUR_MAP](heat)[..., :3] * 255.0
+    alpha = (MAX_ALPHA * heat)[..., None]
+    return np.rint(pixels * (1.0 - alpha) + colour * alpha).astype(np.uint8)
+
+
+def gradcam_overlays(model: nn.Module, spec: ModelSpec, pixels: np.ndarray) -> list[np.ndarray]:
+    """Grad-CAM overlays of patches for galleries: one uint8 (S, S, 3) RGB image per patch.
+
+    Args:
+        model: a loaded model (e.g. `load_checkpoint(...).model`), on any device.
+        spec: its ModelSpec.
+        pixels: uint8 (n, S, S, 3) patches.
+    """
+    heat = gradcam(model, spec, pixels)
+    return [colour_overlay(patch, h) for patch, h in zip(pixels, heat, strict=True)]

@@ -1,0 +1,4 @@
+"""Whole-slide images: readers (OpenSlide, tifffile, Pillow), tissue mask, tiling, heatmaps and regions.
+
+Nothing heavy is imported here; `histodetect slide` (cli/slide.py) drives `runner.run_slides`.
+"""

@@ -1,0 +1,184 @@
+"""Many slides in one run: checks before any work, --shard i/n, resume, one folder per slide."""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from histodetect.errors import HistodetectError
+from histodetect.slides.analysis import analyse_slide, resolve_slide_mpp
+from histodetect.slides.outputs import (
+    is_finished,
+    slide_folder_name,
+    summarise,
+    write_slide_outputs,
+)
+from histodetect.slides.reader import open_slide
+from histodetect.slides.regions import require_shapely, tumour_regions
+
+if TYPE_CHECKING:
+    from histodetect.inference.predictor import Predictor
+
+
+@dataclass(frozen=True)
+class SlideOptions:
+    """How slides are read and scored.
+
+    Attributes:
+        stride_px: cell side in model pixels.
+        mpp: microns per level-0 pixel for every slide, overriding their metadata.
+        reader: backend name (see `histodetect.slides.reader.BACKENDS`).
+        overwrite: redo slides that already have a finished folder.
+        progress: show a progress bar per slide.
+    """
+
+    stride_px: int = 32
+    mpp: float | None = None
+    reader: str = "auto"
+    overwrite: bool = False
+    progress: bool = True
+
+
+@dataclass
+class SlidesOutcome:
+    """What a run did: summaries of the slides done, folders skipped, one message per failure."""
+
+    done: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """`--shard i/n` as (i, n), 1 <= i <= n; None means (1, 1), all slides."""
+    if text is None:
+        return 1, 1
+    index, _, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = 0, 0
+    if not 1 <= i <= n:
+        raise HistodetectError(
+            f"--shard {text!r} must be i/n with 1 <= i <= n, e.g. --shard 2/4 for the second of "
+            "four jobs."
+        )
+    return i, n
+
+
+def shard_slides(paths: Sequence[Path], shard: tuple[int, int]) -> list[Path]:
+    """Slides of shard i of n: every n-th slide from the i-th, in the order given (duplicates once)."""
+    unique = list(dict.fromkeys(paths))
+    index, count = shard
+    return unique[index - 1 :: count]
+
+
+def check_out(out: Path) -> None:
+    """Create --out if needed and prove it is writable, or raise one sentence naming it."""
+    if out.exists() and not out.is_dir():
+        raise HistodetectError(f"--out {out} is a file; give a folder for the slide results.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise HistodetectError(
+            f"--out {out} cannot be written ({exc.strerror or exc}); choose a folder you can write to."
+        ) from None
+
+
+def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> None:
+    """Open every slide and check its resolution before any work, so a typo fails at once.
+
+    Raises:
+        HistodetectError: a missing, unsupported or unreadable slide, a slide without
+            resolution and no --mpp, or two slides that would share an output folder.
+    """
+    require_shapely()
+    folders: dict[str, Path] = {}
+    for path in paths:
+        name = slide_folder_name(path)
+        if name in folders:
+            raise HistodetectError(
+                f"slides {folders[name]} and {path} would both write to {out / name}; rename "
+                "one, or run them with different --out."
+            )
+        folders[name] = path
+        folder = out / name
+        if folder.is_dir() and not is_finished(folder) and any(folder.iterdir()):
+            raise HistodetectError(
+                f"{folder} exists but holds no finished slide result; move it away or choose "
+                "another --out."
+            )
+        with open_slide(path, options.reader) as reader:
+            resolve_slide_mpp(reader, options.mpp)
+
+
+def run_slides(
+    paths: Sequence[Path], out: Path, predictor: Predictor, options: SlideOptions
+) -> SlidesOutcome:
+    """Analyse each slide into `out/<slide name>/`, skipping finished ones unless overwriting.
+
+    A slide that fails while it is processed (no tissue, a damaged tile) is reported in
+    `failed` and leaves no folder; the others go on.
+    """
+    check_slides(paths, out, options)
+    created = not out.exists()  # removed again if nothing is written into it
+    check_out(out)
+    outcome = SlidesOutcome()
+    model = _model_info(predictor)
+    try:
+        for path in paths:
+            folder = out / slide_folder_name(path)
+            if is_finished(folder) and not options.overwrite:
+                outcome.skipped.append(folder)
+                continue
+            try:
+                outcome.done.append(_one_slide(path, folder, predictor, options, model))
+            except HistodetectError as exc:
+                outcome.failed.append(str(exc))
+                print(f"histodetect slide: error: {exc}", file=sys.stderr)
+    finally:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # this run made --out and wrote nothing into it: leave no trace
+    return outcome
+
+
+def _one_slide(
+    path: Path, folder: Path, predictor: Predictor, options: SlideOptions, model: dict[str, Any]
+) -> dict[str, Any]:
+    with open_slide(path, options.reader) as reader:
+        analysis = analyse_slide(
+            reader,
+            predictor,
+            stride_px=options.stride_px,
+            mpp=options.mpp,
+            progress=options.progress,
+        )
+    grid = analysis.grid
+    regions = tumour_regions(
+        analysis.probabilities,
+        predictor.spec.threshold,
+        grid.stride_px * grid.level0_per_model_px,
+        grid.cell_area_mm2,
+    )
+    summary = summarise(analysis, regions, model)
+    write_slide_outputs(analysis, regions, summary, folder)
+    summary["folder"] = str(folder)
+    return summary
+
+
+def _model_info(predictor: Predictor) -> dict[str, Any]:
+    spec = predictor.spec
+    return {
+        "path": os.fspath(predictor.model_path),
+        "name": spec.model_name,
+        "threshold": spec.threshold,
+        "temperature": spec.temperature,
+        "tta": predictor.tta,
+        "device": str(predictor.device),
+    }

@@ -1,0 +1,123 @@
+"""Grad-CAM for every registered model family, and `histodetect explain` end to end."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from histodetect.cli.main import main
+from histodetect.errors import HistodetectError
+from histodetect.explain.gradcam import feature_stage, gradcam, gradcam_overlays
+from histodetect.models import ModelSpec, create_model, model_names, tiny_model_kwargs
+
+pytest.importorskip("captum", reason="the explain extra (captum) is not installed")
+
+
+def _tiny(name: str) -> tuple[nn.Module, ModelSpec]:
+    kwargs = tiny_model_kwargs(name)
+    try:
+        model = create_model(name, input_size_px=96, **kwargs)
+    except HistodetectError as exc:  # an optional dependency (timm) is not installed
+        pytest.skip(str(exc))
+    torch.manual_seed(0)
+    for p in model.parameters():  # random weights everywhere, so no map is all zero
+        nn.init.normal_(p, std=0.2)
+    return model.eval(), ModelSpec(name, model_kwargs=kwargs, mean=(0.5,) * 3, std=(0.25,) * 3)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_family_has_a_spatial_features_stage(name: str, rng: np.random.Generator) -> None:
+    model, spec = _tiny(name)
+    maps: list[torch.Tensor] = []
+    feature_stage(model).register_forward_hook(lambda m, i, o: maps.append(o))
+    model(torch.zeros(2, 3, 96, 96))
+    assert maps[0].ndim == 4 and maps[0].shape[0] == 2 and min(maps[0].shape[2:]) > 1
+    pixels = rng.integers(0, 256, size=(3, 96, 96, 3), dtype=np.uint8)
+    tumour = gradcam(model, spec, pixels, target="tumour")
+    normal = gradcam(model, spec, pixels, target="normal")
+    assert tumour.shape == (3, 96, 96) and tumour.dtype == np.float32
+    for heat in (tumour, normal):
+        assert heat.min() >= 0 and heat.max() <= 1
+    # Grad-CAM is relu(+S) for tumour and relu(-S) for normal: one of them shows something.
+    assert (np.maximum(tumour, normal).max(axis=(1, 2)) > 0).all()
+
+
+def test_unknown_family_is_named() -> None:
+    with pytest.raises(HistodetectError, match="does not know the model family Sequential"):
+        feature_stage(nn.Sequential(nn.Conv2d(3, 4, 3)))
+
+
+def test_heat_stays_inside_the_centre_crop(rng: np.random.Generator) -> None:
+    model, spec = _tiny("histocnn")
+    spec = spec.replace(crop_px=48)
+    model = create_model("histocnn", input_size_px=48, **tiny_model_kwargs("histocnn")).eval()
+    heat = gradcam(model, spec, rng.integers(0, 256, size=(2, 96, 96, 3), dtype=np.uint8))
+    outside = np.ones((96, 96), dtype=bool)
+    outside[24:72, 24:72] = False
+    assert heat.shape == (2, 96, 96) and not heat[:, outside].any()
+
+
+def test_overlays_are_rgb_patches(rng: np.random.Generator) -> None:
+    model, spec = _tiny("seed_cnn")
+    pixels = rng.integers(0, 256, size=(4, 96, 96, 3), dtype=np.uint8)
+    overlays = gradcam_overlays(model, spec, pixels)
+    assert len(overlays) == 4
+    assert all(o.shape == (96, 96, 3) and o.dtype == np.uint8 for o in overlays)
+    assert any((o != p).any() for o, p in zip(overlays, pixels, strict=True))
+
+
+def test_explain_command_writes_probabilities_and_overlays(
+    shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    valid = shared_data / "pcam-subset" / "valid"
+    patches = [sorted((valid / c).glob("*.jpg"))[0] for c in ("0", "1")]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    out = tmp_path / "explained"
+    argv = ["explain", *map(str, patches), str(tmp_path / "broken.png"), "--out", str(out)]
+    assert main([*argv, "--no-progress", "--device", "cpu", "--workers", "1"]) == 0
+    with (out / "explanations.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["id"] for r in rows] == [p.stem for p in patches] + ["broken"]
+    assert rows[2]["error"] and not rows[2]["overlay"]
+    from histodetect.inference.predictor import Predictor
+
+    expected = Predictor(None, device="cpu").predict_pixels(
+        np.stack([np.asarray(Image.open(p).convert("RGB")) for p in patches])
+    )
+    np.testing.assert_allclose([float(r["probability"]) for r in rows[:2]], expected, atol=1e-6)
+    image = np.asarray(Image.open(out / rows[1]["overlay"]))
+    assert image.shape == (288, 576, 3)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [r["overlay"] for r in rows[:2]] + ["explanations.csv"]
+    )
+    assert main([*argv, "--no-progress"]) == 2  # exists: refused without --overwrite
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["{tmp}/nothing.png", "--out", "{tmp}/o"], "does not exist"),
+        (["{patch}", "--out", "{tmp}/file.txt"], "--out {tmp}/file.txt is a file"),
+    ],
+)
+def test_explain_bad_input_is_one_sentence(
+    shared_data: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "file.txt").write_text("mine\n")
+    patch = next((shared_data / "pcam-subset" / "valid" / "1").glob("*.jpg"))
+    names = {"tmp": str(tmp_path), "patch": str(patch)}
+    assert main(["explain", *(a.format(**names) for a in argv), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(**names) in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]

@@ -1,0 +1,205 @@
+"""`histodetect slide` end to end on the layout slide with the bundled model, and bad inputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from histodetect.cli.main import main
+from slidefiles import MARGIN_PATCHES, TUMOUR_COLS, TUMOUR_ROWS, LayoutSlide, write_pyramid
+
+OUTPUTS = {"tiles.csv", "heatmap.png", "overlay.png", "mask.png", "regions.geojson",
+           "summary.json", "report.html"}  # fmt: skip
+CELL_LEVEL0_PX = 64  # 32 model px at 0.972 µm/px on a 0.486 µm/px level 0
+
+
+def _run(argv: list[str]) -> int:
+    return main(["slide", *argv, "--no-progress", "--device", "cpu"])
+
+
+def _cells(folder: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    with (folder / "tiles.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0])[:5] == ["x", "y", "width", "height", "probability"]
+    r, c = (np.array([int(row[k]) for row in rows]) for k in ("row", "col"))
+    return r, c, np.array([float(row["probability"]) for row in rows])
+
+
+@pytest.fixture(scope="module")
+def tiff_result(tiff_slide: LayoutSlide, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("slide-out")
+    assert _run([str(tiff_slide.path), "--out", str(out), "--reader", "tifffile"]) == 0
+    return out / "layout"
+
+
+def test_every_output_is_written(tiff_result: Path) -> None:
+    assert {p.name for p in tiff_result.iterdir()} == OUTPUTS
+    assert not [p for p in tiff_result.parent.iterdir() if p.name.startswith(".")]
+    summary = json.loads((tiff_result / "summary.json").read_text())
+    r, _, p = _cells(tiff_result)
+    assert summary["n_tiles"] == len(r) and summary["level_read"] == 1
+    assert (
+        summary["slide_mpp"] == pytest.approx(0.486) and summary["slide_mpp_source"] == "metadata"
+    )
+    assert summary["max_probability"] == pytest.approx(p.max(), abs=1e-6)
+    assert 0 < summary["tumour_fraction_of_tissue"] < 1 and summary["tumour_area_mm2"] > 0
+    assert summary["tiles_per_s"]["overall"] > 0 and summary["model"]["name"]
+    report = (tiff_result / "report.html").read_text()
+    assert "data:image/jpeg;base64," in report and '<path d="M' in report
+    assert "http://" not in report.replace('xmlns="http://www.w3.org/2000/svg"', "")
+
+
+def test_heatmap_finds_the_tumour_region(tiff_result: Path, tiff_slide: LayoutSlide) -> None:
+    r, c, p = _cells(tiff_result)
+    auc = roc_auc_score(tiff_slide.tumour[r, c], p)
+    centre = tiff_slide.centre[r, c]
+    centre_auc = roc_auc_score(tiff_slide.tumour[r, c][centre], p[centre])
+    print(f"layout slide, bundled model: cell AUC {auc:.3f}, centre-cell AUC {centre_auc:.3f}")
+    assert auc >= 0.8  # modest: the bundled model will be replaced by a stronger one
+    heatmap = np.asarray(Image.open(tiff_result / "heatmap.png"))
+    assert heatmap.shape == (*tiff_slide.tissue.shape, 4)
+    scored = np.zeros(tiff_slide.tissue.shape, dtype=bool)
+    scored[r, c] = True
+    np.testing.assert_array_equal(heatmap[..., 3] > 0, scored)
+
+
+def test_mask_excludes_blank_background(tiff_result: Path, tiff_slide: LayoutSlide) -> None:
+    r, c, _ = _cells(tiff_result)
+    assert tiff_slide.tissue[r, c].all()  # no glass tile reached the model
+    assert len(r) > 0.6 * tiff_slide.tissue.sum()
+    mask = np.asarray(Image.open(tiff_result / "mask.png")) > 0
+    k = mask.shape[0] // tiff_slide.tissue.shape[0]
+    glass = ~tiff_slide.tissue.repeat(k, axis=0).repeat(k, axis=1)
+    assert not mask[: glass.shape[0], : glass.shape[1]][glass].any()
+
+
+def test_regions_fall_on_the_tumour_block(tiff_result: Path) -> None:
+    from shapely.geometry import box, shape
+
+    features = json.loads((tiff_result / "regions.geojson").read_text())["features"]
+    assert features and all(f["properties"]["objectType"] == "annotation" for f in features)
+    regions = [shape(f["geometry"]) for f in features]
+    cell = 3 * CELL_LEVEL0_PX  # one patch
+    block = box((TUMOUR_COLS.start + MARGIN_PATCHES) * cell, (TUMOUR_ROWS.start + MARGIN_PATCHES) * cell,
+                (TUMOUR_COLS.stop + MARGIN_PATCHES) * cell, (TUMOUR_ROWS.stop + MARGIN_PATCHES) * cell)  # fmt: skip
+    inside = sum(g.intersection(block.buffer(CELL_LEVEL0_PX)).area for g in regions)
+    total = sum(g.area for g in regions)
+    print(f"regions: {len(regions)}, {inside / total:.2f} of their area on the tumour block")
+    assert block.contains(regions[0].centroid)  # the largest region
+    assert inside / total >= 0.5
+    assert regions[0].intersection(block).area >= 0.3 * block.area
+
+
+def test_openslide_and_png_give_the_same_probabilities(
+    tiff_result: Path, tiff_slide: LayoutSlide, png_slide: LayoutSlide, tmp_path: Path
+) -> None:
+    pytest.importorskip("openslide", reason="the slides extra (OpenSlide) is not installed")
+    png = tmp_path / "layout_png.png"
+    png.write_bytes(png_slide.path.read_bytes())
+    argv = [str(tiff_slide.path), str(png), "--out", str(tmp_path / "out"), "--mpp", "0.972"]
+    assert _run([*argv, "--shard", "2/2"]) == 0  # the PNG only (it has no resolution)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["layout_png"]
+    assert _run([str(tiff_slide.path), "--out", str(tmp_path / "out")]) == 0  # OpenSlide (auto)
+    summary = json.loads((tmp_path / "out" / "layout" / "summary.json").read_text())
+    assert summary["reader"] == "openslide"
+    expected = _cells(tiff_result)
+    for name in ("layout", "layout_png"):
+        got = _cells(tmp_path / "out" / name)
+        np.testing.assert_array_equal(got[0], expected[0])
+        np.testing.assert_allclose(got[2], expected[2], atol=2e-6)
+
+
+def test_rerun_skips_finished_slides(
+    tiff_result: Path, tiff_slide: LayoutSlide, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (tiff_result / "summary.json").stat().st_mtime_ns
+    assert _run([str(tiff_slide.path), "--out", str(tiff_result.parent)]) == 0
+    assert "already done, skipped" in capsys.readouterr().out
+    assert (tiff_result / "summary.json").stat().st_mtime_ns == before
+
+
+@pytest.mark.parametrize("when", ["scoring", "writing"])
+def test_interrupt_leaves_nothing(
+    tiff_slide: LayoutSlide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    import histodetect.slides.outputs as outputs
+    from histodetect.inference.predictor import Predictor
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    if when == "scoring":
+        monkeypatch.setattr(Predictor, "predict_pixels", interrupt)
+    else:
+        monkeypatch.setattr(outputs, "save_png", interrupt)
+    out = tmp_path / "out"
+    out.mkdir()
+    assert _run([str(tiff_slide.path), "--out", str(out), "--stride-px", "96"]) == 130
+    assert list(out.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- bad inputs
+
+
+def _bad_slide(kind: str, tmp: Path, tiff: Path) -> Path:
+    glass = np.random.default_rng(0).integers(236, 246, size=(400, 500, 3), dtype=np.uint8)
+    if kind == "text":
+        (tmp / "notes.tif").write_text("not an image\n")
+        return tmp / "notes.tif"
+    if kind == "truncated":
+        (tmp / "cut.tif").write_bytes(tiff.read_bytes()[:200_000])
+        return tmp / "cut.tif"
+    if kind == "vsi":
+        (tmp / "scan.vsi").write_bytes(bytes(100))
+        return tmp / "scan.vsi"
+    if kind == "glass":
+        return write_pyramid(tmp / "glass.tif", glass, 0.5, 2)
+    if kind == "nores":
+        return write_pyramid(tmp / "nores.tif", glass, None, 2)
+    return tmp / "missing.svs"
+
+
+@pytest.mark.parametrize(
+    "kind, extra, message",
+    [
+        ("text", [], "{slide} is not a slide"),
+        ("truncated", [], "{slide} is a TIFF file that cannot be read: truncated or corrupt"),
+        ("vsi", [], "{slide} has an unsupported slide format (.vsi)"),
+        ("glass", [], "{slide} shows no tissue"),
+        ("nores", [], "{slide} records no resolution (microns per pixel); pass --mpp"),
+        ("missing", [], "slide {slide} does not exist"),
+        ("glass", ["--out", "{file}"], "--out {file} is a file"),
+        ("glass", ["--out", "{file}/sub"], "--out {file}/sub cannot be written"),
+        ("glass", ["--shard", "3/2"], "--shard '3/2' must be i/n"),
+        ("glass", ["--stride-px", "31"], "--stride-px must lie in 1..96"),
+        ("glass", ["--mpp", "0"], "--mpp 0.0 is not a microscope resolution"),
+    ],
+)
+def test_bad_input_is_one_sentence_and_leaves_nothing(
+    tiff_slide: LayoutSlide,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kind: str,
+    extra: list[str],
+    message: str,
+) -> None:
+    slide = _bad_slide(kind, tmp_path, tiff_slide.path)
+    file = tmp_path / "taken.txt"
+    file.write_text("mine\n")
+    out = tmp_path / "out"
+    names = {"slide": str(slide), "file": str(file)}
+    argv = [str(slide), "--out", str(out), *(a.format(**names) for a in extra)]
+    assert _run(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message.format(**names) in err and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("histodetect slide: error: ")
+    assert not out.exists() and file.read_text() == "mine\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        {slide.name, file.name} - {"missing.svs"}
+    )
