@@ -6,8 +6,9 @@ own preprocessing from its ModelSpec, optional TTA, calibrated probabilities).
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from histodetect.errors import HistodetectError
+from histodetect.slides.prefetch import prefetch
 from histodetect.slides.reader import SlideReader, plausible_mpp, read_downsampled
 from histodetect.slides.tiling import Grid, TileBatch, iter_block_tiles, plan_grid, rebatch
 from histodetect.slides.tissue import cell_fractions, tissue_mask
@@ -43,7 +45,11 @@ def model_mpp(spec: ModelSpec) -> float:
 
 @dataclass
 class StageTimes:
-    """Seconds spent per stage of one slide (reading includes resampling and cutting tiles)."""
+    """Seconds spent per stage of one slide.
+
+    Reading (decoding, resampling, cutting tiles) runs in a background thread while the model
+    scores the previous batch, so reading_s + inference_s may exceed total_s.
+    """
 
     masking_s: float = 0.0
     reading_s: float = 0.0
@@ -115,12 +121,15 @@ def analyse_slide(
     stride_px: int = 32,
     mpp: float | None = None,
     progress: bool = True,
+    overlap: bool = True,
 ) -> SlideAnalysis:
     """Score every tissue cell of a slide.
 
     Args:
         stride_px: cell side in model pixels (the tile is the model's patch, centred on it).
         mpp: microns per level-0 pixel, overriding the slide's metadata.
+        overlap: read the next tiles in a background thread while the model scores (False:
+            one after the other, for benchmarks).
 
     Raises:
         HistodetectError: no resolution, no tissue, or a damaged file; nothing is written.
@@ -139,7 +148,7 @@ def analyse_slide(
             f"{reader.path} shows no tissue (its tissue mask is empty); check that it is the "
             "right slide, or its --mpp."
         )
-    probabilities = _score_cells(reader, grid, selected, predictor, times, progress)
+    probabilities = _score_cells(reader, grid, selected, predictor, times, progress, overlap)
     times.total_s = time.perf_counter() - start
     return SlideAnalysis(
         reader.path, reader.backend, reader.level_dimensions[0], source, grid,
@@ -169,16 +178,19 @@ def _score_cells(
     predictor: Predictor,
     times: StageTimes,
     progress: bool,
+    overlap: bool,
 ) -> np.ndarray:
     """float32 (n_rows, n_cols) probabilities of the selected cells, NaN elsewhere."""
     from tqdm import tqdm
 
     probabilities = np.full(selected.shape, np.nan, dtype=np.float32)
     batch_size = predictor.batch_size
-    tiles = rebatch(iter_block_tiles(reader, grid, selected, batch_size), batch_size)
+    tiles = _timed(rebatch(iter_block_tiles(reader, grid, selected, batch_size), batch_size), times)
     total = int(selected.sum())
-    with tqdm(total=total, unit="tile", desc=reader.path.name, disable=not progress) as bar:
-        for batch in _timed(tiles, times):
+    batches = prefetch(tiles) if overlap else tiles
+    bar = tqdm(total=total, unit="tile", desc=reader.path.name, disable=not progress)
+    with contextlib.closing(batches), bar:  # closing stops the reading thread on any error
+        for batch in batches:
             start = time.perf_counter()
             probabilities[batch.rows, batch.cols] = predictor.predict_pixels(batch.pixels)
             times.inference_s += time.perf_counter() - start
@@ -186,7 +198,7 @@ def _score_cells(
     return probabilities
 
 
-def _timed(batches: Iterator[TileBatch], times: StageTimes) -> Iterator[TileBatch]:
+def _timed(batches: Iterator[TileBatch], times: StageTimes) -> Generator[TileBatch, None, None]:
     """`batches`, adding the time spent producing each one to `times.reading_s`."""
     while True:
         start = time.perf_counter()
