@@ -88,7 +88,14 @@ def test_existing_run_and_missing_checkpoint_are_refused(store_path: Path, tmp_p
     fit(config, progress=False)
     with pytest.raises(HistodetectError, match="already holds a run"):
         fit(config, progress=False)
-    (tmp_path / "run" / "checkpoints" / "last.ckpt").unlink()
+    with pytest.raises(HistodetectError, match="already finished"):
+        fit(config, resume=True, progress=False)  # it would train one more step otherwise
+    (tmp_path / "run" / "summary.json").unlink()  # as if killed before the end
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(HistodetectError, match=r"last\.ckpt is damaged"):
+        fit(config, resume=True, progress=False)
+    last.unlink()
     with pytest.raises(HistodetectError, match="no checkpoint to resume"):
         fit(config, resume=True, progress=False)
 

@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="registry name (see `histodetect models`)")
     parser.add_argument(
         "--model-kwargs",
-        type=json.loads,
+        type=_json_object,
         help="builder options as JSON, e.g. '{\"stage_widths\": [16, 32, 64, 192]}'",
     )
     parser.add_argument(
@@ -39,7 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schedule", choices=("onecycle", "cosine", "constant"))
     parser.add_argument(
         "--augment",
-        help=f"comma list of {', '.join(AUGMENTATIONS)}, or 'none' (default: the preset's)",
+        help=f"comma list of {', '.join(AUGMENTATIONS)}, or 'none', and NAME=VALUE strengths "
+        "(hed_sigma, hed_bias, brightness, contrast, saturation); default: the preset's",
     )
     parser.add_argument(
         "--early-stop", dest="early_stop_patience", type=int, help="patience in epochs; 0 = off"
@@ -65,28 +66,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_progress(parser)
 
 
+def _json_object(text: str) -> dict[str, Any]:
+    """--model-kwargs: a JSON object, else an argparse error naming the option (exit 2)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"must be a JSON object such as '{{\"dropout\": 0.2}}', got {text!r}"
+        )
+    return value
+
+
 def _augment(text: str | None) -> Any:
+    """--augment: names to switch on (d4, hed, colour, or none) and NAME=VALUE strengths, e.g.
+    ``d4,hed,colour,hed_sigma=0.05,brightness=0.1``; unnamed strengths keep their defaults."""
     from histodetect.augment import AugmentConfig
     from histodetect.errors import HistodetectError
 
     if text is None:
         return None
-    names = {t.strip() for t in text.split(",") if t.strip()} - {"none"}
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    names = {t for t in items if "=" not in t} - {"none"}
     unknown = names - set(AUGMENTATIONS)
     if unknown:
         raise HistodetectError(
-            f"unknown augmentation {', '.join(sorted(unknown))}; choose from {', '.join(AUGMENTATIONS)} or none."
+            f"--augment: unknown augmentation {', '.join(sorted(unknown))}; choose from "
+            f"{', '.join(AUGMENTATIONS)} or none, plus NAME=VALUE strengths."
         )
-    return AugmentConfig(d4="d4" in names, hed="hed" in names, colour="colour" in names)
+    strengths: dict[str, Any] = {}
+    for item in (t for t in items if "=" in t):
+        key, _, value = item.partition("=")
+        try:
+            strengths[key.strip()] = float(value)
+        except ValueError:
+            raise HistodetectError(f"--augment: {item!r} needs a number after '='.") from None
+    flags = {"d4": "d4" in names, "hed": "hed" in names, "colour": "colour" in names}
+    return AugmentConfig.from_dict({**flags, **strengths})
 
 
 def run(args: argparse.Namespace) -> int:
     from histodetect.errors import HistodetectError
-    from histodetect.training.config import TrainConfig, resolve_config
-    from histodetect.training.fit import fit
+    from histodetect.training.config import resolve_config
+    from histodetect.training.fit import fit, resume_config
 
     if args.resume is not None:
-        result = fit(TrainConfig.load(args.resume), resume=True, progress=args.progress)
+        result = fit(resume_config(args.resume), resume=True, progress=args.progress)
     else:
         if args.data is None or args.out is None:
             raise HistodetectError(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,12 +86,24 @@ class TrainConfig:
         _choice("precision", self.precision, PRECISIONS)
         if not 0.0 <= self.ema_decay < 1.0:
             raise HistodetectError(f"EMA decay must lie in [0, 1), got {self.ema_decay}.")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise HistodetectError("epochs and batch size must be at least 1.")
-        if not 0 < self.valid_fraction < 1:
-            raise HistodetectError("valid fraction must lie strictly between 0 and 1.")
-        if self.crop_px is not None and not 16 <= self.crop_px <= 96:
-            raise HistodetectError("crop must be between 16 and 96 px.")
+        _whole("--epochs", self.epochs, 1, MAX_EPOCHS)
+        _whole("--batch-size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _whole("--max-steps-per-epoch", self.max_steps_per_epoch, 0, None)
+        _whole("--checkpoint-every-steps", self.checkpoint_every_steps, 1, None)
+        _whole("--early-stop", self.early_stop_patience, 0, None)
+        _whole("--num-nodes", self.num_nodes, 1, None)
+        _whole("--seed", self.seed, 0, 2**32 - 1)
+        _number("--lr", self.lr, 0.0, MAX_LR, low_open=True)
+        _number("--weight-decay", self.weight_decay, 0.0, 1.0)
+        _number("warmup fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
+        _number("--valid-fraction", self.valid_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        if self.crop_px is not None:
+            _whole("--crop", self.crop_px, 16, 96)
+        if not isinstance(self.model_kwargs, dict):
+            raise HistodetectError(
+                f"--model-kwargs must be a JSON object such as '{{\"dropout\": 0.2}}', "
+                f"got {json.dumps(self.model_kwargs)}."
+            )
         from histodetect.models import resolved_model_kwargs
 
         resolved_model_kwargs(self.model, self.model_kwargs)  # unknown model or option: raises now
@@ -122,6 +135,33 @@ class TrainConfig:
         if not path.is_file():
             raise HistodetectError(f"{run_dir} is not a training run (no {CONFIG_FILE}).")
         return cls.from_dict(json.loads(path.read_text()))
+
+
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+MAX_LR = 10.0
+"""Bounds that catch typos (an lr of 1e9, a batch of a billion) before any work starts."""
+
+
+def _whole(option: str, value: object, low: int, high: int | None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise HistodetectError(f"{option} must be a whole number, got {value!r}.")
+    if value < low or (high is not None and value > high):
+        upper = f" and at most {high:,}" if high is not None else ""
+        raise HistodetectError(f"{option} must be at least {low}{upper}, got {value:,}.")
+
+
+def _number(option: str, value: object, low: float, high: float, *, low_open: bool = False,
+            high_open: bool = False) -> None:  # fmt: skip
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise HistodetectError(f"{option} must be a finite number, got {value!r}.")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left, right = ("(" if low_open else "["), (")" if high_open else "]")
+        raise HistodetectError(
+            f"{option} must lie in {left}{low:g}, {high:g}{right}, got {value:g}."
+        )
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:

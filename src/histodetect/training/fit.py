@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
+import shutil
 import time
 import warnings
 from dataclasses import dataclass
@@ -143,38 +145,119 @@ def _is_primary_process() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-def _prepare_run_dir(config: TrainConfig, resume: bool) -> tuple[TrainConfig, Path | None]:
+RUN_FILES = (CONFIG_FILE, "run_info.json", SUMMARY_FILE, MODEL_FILE, CHECKPOINT_DIR, LOG_DIR,
+             "tensorboard")  # fmt: skip
+"""What a training run folder holds: the only names a replaced, never-started run may lose."""
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) or (run_dir / MODEL_FILE).exists()
+
+
+def _prepare_run_dir(config: TrainConfig) -> None:
+    """Create the run folder; replace a run that never saved a checkpoint (a failed start)."""
     run_dir = Path(config.out)
-    if resume:
-        saved = TrainConfig.load(run_dir)
-        last = run_dir / CHECKPOINT_DIR / "last.ckpt"
-        if not last.is_file():
-            raise HistodetectError(
-                f"{run_dir} has no checkpoint to resume from ({last} is missing)."
-            )
-        return saved, last
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HistodetectError(f"--out {run_dir} is a file; give a folder for the run.")
     if (run_dir / CONFIG_FILE).exists() and _is_primary_process():
-        raise HistodetectError(
-            f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out."
-        )
+        if _has_checkpoint(run_dir):
+            raise HistodetectError(
+                f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out."
+            )
+        for name in RUN_FILES:  # a run that failed before its first checkpoint: start afresh
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
     run_dir.mkdir(parents=True, exist_ok=True)
-    return config, None
+
+
+def resume_config(run_dir: Path | str) -> TrainConfig:
+    """The config of the run in `run_dir`, pointed at that folder (wherever the run was moved)
+    and at its store (as saved, else the absolute path recorded in run_info.json)."""
+    run_dir = Path(run_dir)
+    config = TrainConfig.load(run_dir)
+    data = config.data
+    info_path = run_dir / "run_info.json"
+    if not Path(data).is_dir() and info_path.is_file():
+        data = str(json.loads(info_path.read_text()).get("store_path", data))
+    return dataclasses.replace(config, out=str(run_dir), data=data)
+
+
+def _check_resumable(run_dir: Path) -> Path:
+    """The last checkpoint of an unfinished run.
+
+    Raises:
+        HistodetectError: a finished run, or a missing or damaged last checkpoint.
+    """
+    if (run_dir / SUMMARY_FILE).exists():
+        raise HistodetectError(
+            f"{run_dir} has already finished (see {run_dir / SUMMARY_FILE}); to train longer, "
+            "start a new run with more --epochs."
+        )
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    if not last.is_file():
+        raise HistodetectError(f"{run_dir} has no checkpoint to resume from ({last} is missing).")
+    try:
+        torch.load(last, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise HistodetectError(
+            f"{last} is damaged and cannot be read ({type(exc).__name__}); restore it or start "
+            "a new run."
+        ) from exc
+    return last
+
+
+def check_trainable(config: TrainConfig, store: PatchStore, dm: PatchDataModule) -> None:
+    """Refuse, before any folder is made, data that cannot train a classifier.
+
+    Raises:
+        HistodetectError: a split with a single class, or a batch larger than the training split.
+    """
+    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise HistodetectError(
+            f"--accelerator {config.accelerator} asks for a GPU but none is available here; "
+            "use --accelerator cpu or auto."
+        )
+    labels = store.manifest.labels
+    for name, rows in (("training", dm.split.train), ("validation", dm.split.valid)):
+        n_tumour = int((labels[rows] == 1).sum())
+        n_normal = int((labels[rows] == 0).sum())
+        if n_tumour == 0 or n_normal == 0:
+            raise HistodetectError(
+                f"the {name} split of {store.root} ({dm.split.method}) has {n_normal} normal and "
+                f"{n_tumour} tumour patches; a classifier needs both classes in both splits."
+            )
+    if config.batch_size > len(dm.split.train):
+        raise HistodetectError(
+            f"--batch-size {config.batch_size} is larger than the training split "
+            f"({len(dm.split.train)} patches); choose a smaller one."
+        )
 
 
 def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> FitResult:
     """Train (or resume) a run; writes config.json, logs, checkpoints/, model.pt, summary.json.
 
+    With ``resume=True``, `config` is read again from ``config.out`` (see `resume_config`).
+
     Raises:
-        HistodetectError: missing store, existing run without resume, store changed since the run began.
+        HistodetectError: missing store, data that cannot train, existing run without resume,
+            store changed since the run began, or a diverged run (non-finite loss).
     """
     import lightning as L  # noqa: N812 - Lightning's documented alias
 
     started = time.monotonic()
-    config, ckpt_path = _prepare_run_dir(config, resume)
+    if resume:
+        config = resume_config(config.out)
     run_dir = Path(config.out)
+    ckpt_path = _check_resumable(run_dir) if resume else None
     store = open_store(config.data)
     L.seed_everything(config.seed, workers=False, verbose=False)
     datamodule = PatchDataModule(store, config)
+    check_trainable(config, store, datamodule)
+    if not resume:
+        _prepare_run_dir(config)
     print(f"data: {store.root} ({len(store)} patches); {datamodule.summary()}")
     spec = _spec_for(config, store, datamodule.split.train)
     module = PatchClassifier(spec.to_dict(), config.to_dict())
@@ -204,6 +287,7 @@ def _write_run_info(
     config.save(run_dir)
     info = {
         "store": str(store.root),
+        "store_path": str(Path(store.root).resolve()),
         "store_fingerprint": store.fingerprint,
         "split_method": dm.split.method,
         "slide_disjoint": dm.split.slide_disjoint,

@@ -11,6 +11,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from histodetect.augment import AugmentConfig, apply_augment
+from histodetect.errors import HistodetectError
 from histodetect.hardware import use_channels_last
 from histodetect.models import ModelSpec, build_model, normalise, pixels_to_float, prepare_batch
 from histodetect.training.config import TrainConfig
@@ -48,6 +49,7 @@ class PatchClassifier(L.LightningModule):
                 multi_avg_fn=get_ema_multi_avg_fn(self.config.ema_decay),
                 use_buffers=True,
             )
+            self.ema.requires_grad_(False)  # updated by averaging, never by the optimizer (DDP)
         self._generator: torch.Generator | None = None
         self.channels_last = False
         # Not a registered submodule: checkpoints keep the plain model's parameter names.
@@ -94,6 +96,8 @@ class PatchClassifier(L.LightningModule):
         pixels, labels = batch
         logits = self(self._inputs(pixels, train=True)).float()
         loss = self.loss(logits, labels)
+        if not torch.isfinite(loss):
+            self._diverged(f"the training loss became {loss.item()}")
         probs = torch.sigmoid(logits.detach())
         self.train_acc.update(probs, labels.int())  # update, not forward: no per-batch compute
         self.train_auc.update(probs, labels.int())
@@ -114,6 +118,8 @@ class PatchClassifier(L.LightningModule):
             self.val_auc_raw.update(torch.sigmoid(logits), labels.int())
             self.log("val_auc_raw", self.val_auc_raw, on_epoch=True)
             logits = self.ema.module(x).float()
+        if not torch.isfinite(logits).all():
+            self._diverged("the model's validation outputs are not finite")
         probs = torch.sigmoid(logits)
         self.val_acc.update(probs, labels.int())
         self.val_auc.update(probs, labels.int())
@@ -122,6 +128,14 @@ class PatchClassifier(L.LightningModule):
         )
         self.log("val_acc", self.val_acc, prog_bar=True, on_epoch=True)
         self.log("val_auc", self.val_auc, prog_bar=True, on_epoch=True)
+
+    def _diverged(self, what: str) -> None:
+        """Stop the run: a non-finite loss or output is an error, never a score."""
+        raise HistodetectError(
+            f"training diverged: {what} at epoch {self.current_epoch + 1}, step "
+            f"{self.global_step}; lower --lr (it is {self.config.lr:g}) or check the data. No "
+            "model was exported; the last checkpoint before the divergence is kept."
+        )
 
     def configure_optimizers(self) -> Any:
         c = self.config
