@@ -13,7 +13,11 @@ HELP = "evaluate a model on a store split: metrics.json, report.html, plots; opt
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", type=Path, help="run folder, model.pt or checkpoint")
     options.add_store(parser)
-    parser.add_argument("--split", default="valid", help="split to report (default valid)")
+    parser.add_argument(
+        "--split",
+        default="valid",
+        help="split to report (default valid; all = every labelled patch)",
+    )
     options.add_out(parser, "report folder")
     parser.add_argument(
         "--calibrate-on",

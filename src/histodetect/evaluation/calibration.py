@@ -35,24 +35,38 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def parse_threshold_method(text: str) -> tuple[str, float | None]:
-    """ "0.5", "youden", "sensitivity=0.95" (target sensitivity), or a number like "0.3"."""
-    if text.startswith("sensitivity"):
-        _, _, value = text.partition("=")
-        target = float(value) if value else 0.95
-        if not 0 < target <= 1:
-            raise HistodetectError("a target sensitivity must lie in (0, 1].")
-        return "sensitivity", target
+    """`--threshold` value: "youden", "sensitivity" or "sensitivity=0.95" (target sensitivity in
+    (0, 1]), or a fixed number in [0, 1] such as "0.5".
+
+    Returns:
+        ("youden", None), ("sensitivity", target) or ("fixed", value).
+
+    Raises:
+        HistodetectError: for anything else, naming the option and the accepted forms.
+    """
+    forms = "use youden, sensitivity=0.95 or a number in [0, 1]"
+    text = str(text).strip()
     if text == "youden":
         return "youden", None
+    name, sep, value = text.partition("=")
+    if name.strip() == "sensitivity":
+        target = _parse_unit_number(value if sep else "0.95", f"--threshold {text!r}: {forms}.")
+        if target == 0:
+            raise HistodetectError(
+                f"--threshold {text!r}: a target sensitivity must lie in (0, 1]."
+            )
+        return "sensitivity", target
+    return "fixed", _parse_unit_number(text, f"--threshold {text!r}: {forms}.")
+
+
+def _parse_unit_number(text: str, message: str) -> float:
     try:
-        fixed = float(text)
+        value = float(text)
     except ValueError:
-        raise HistodetectError(
-            f"threshold {text!r} is not a number, 'youden' or 'sensitivity=0.95'."
-        ) from None
-    if not 0 <= fixed <= 1:
-        raise HistodetectError("a fixed threshold must lie in [0, 1].")
-    return "fixed", fixed
+        raise HistodetectError(message) from None
+    if not 0.0 <= value <= 1.0:  # also refuses nan
+        raise HistodetectError(message)
+    return value
 
 
 def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str) -> float:

@@ -10,11 +10,16 @@ from typing import Any
 import numpy as np
 
 from histodetect.data.splits import choose_split
-from histodetect.data.store import PatchStore, open_store
+from histodetect.data.store import UNNAMED_SPLIT, PatchStore, open_store, split_display
 from histodetect.errors import HistodetectError
-from histodetect.evaluation.calibration import choose_threshold, fit_temperature, probabilities
+from histodetect.evaluation.calibration import (
+    choose_threshold,
+    fit_temperature,
+    parse_threshold_method,
+    probabilities,
+)
 from histodetect.evaluation.metrics import compute_metrics
-from histodetect.inference.scoring import pick_device, score_array
+from histodetect.inference.scoring import pick_device, require_finite, score_array
 from histodetect.models.checkpoint import MODEL_FILE, LoadedModel, load_checkpoint, update_spec
 
 OPTIMISTIC = "this split is not slide-disjoint from training: every figure is optimistic"
@@ -38,10 +43,21 @@ def run_dir_of(loaded: LoadedModel) -> Path | None:
     return folder if (folder / "config.json").is_file() else None
 
 
+ALL_SPLITS = "all"
+"""`--split all`: every labelled patch of the store, whatever its split."""
+
+
 def resolve_split(store: PatchStore, name: str, loaded: LoadedModel) -> EvalSplit:
-    """Rows of split `name`: the store's own split, or the run's train/valid split re-derived."""
-    labelled = store.indices(name, labelled=True)
+    """Rows of split `name`: the store's own split, `all` labelled rows, or the run's
+    train/valid split re-derived. A store without named splits is evaluated as a whole."""
     trained_here = loaded.metadata.get("store_fingerprint") == store.fingerprint
+    only_unnamed = store.split_names == [UNNAMED_SPLIT]
+    if name == ALL_SPLITS or (only_unnamed and name == "valid" and not trained_here):
+        role = "every labelled patch of the store"
+        if trained_here:
+            role += " (it includes the patches the model was trained on: figures are optimistic)"
+        return EvalSplit(ALL_SPLITS, store.indices(None, labelled=True), role)
+    labelled = store.indices(name, labelled=True)
     if len(labelled):
         role = "held-out split"
         if trained_here and name == "valid":
@@ -50,11 +66,14 @@ def resolve_split(store: PatchStore, name: str, loaded: LoadedModel) -> EvalSpli
             role = "training split: figures say how well the model fits, not how it generalises"
         return EvalSplit(name, labelled, role)
     if name in store.split_names:
-        raise HistodetectError(f"split {name!r} of {store.root} has no labels to evaluate against.")
+        raise HistodetectError(
+            f"split {split_display(name)} of {store.root} has no labels to evaluate against."
+        )
     run_dir = run_dir_of(loaded)
     if name not in ("train", "valid") or run_dir is None or not trained_here:
+        names = ", ".join(split_display(n) for n in store.split_names)
         raise HistodetectError(
-            f"{store.root} has no split {name!r}; it has: {', '.join(store.split_names)}."
+            f"{store.root} has no split {name!r}; it has: {names}; or use --split all."
         )
     from histodetect.training.config import TrainConfig
 
@@ -74,7 +93,7 @@ def _score(
     batch_size: int,
 ) -> np.ndarray:
     pixels = store.read(rows)
-    return score_array(
+    logits = score_array(
         loaded.model,
         loaded.spec,
         pixels,
@@ -82,11 +101,14 @@ def _score(
         batch_size=batch_size,
         device=pick_device(device),
     )
+    return require_finite(logits, loaded.path)
 
 
 def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: str, tta: bool,
               device: str = "auto", batch_size: int = 256) -> LoadedModel:  # fmt: skip
     """Fit temperature and threshold on `split`; save them into the model file's ModelSpec."""
+    parse_threshold_method(method)  # a bad --threshold fails before any scoring
+    _check_two_classes(store, split)
     if loaded.path.name != MODEL_FILE and loaded.path.suffix != ".pt":
         raise HistodetectError(
             f"calibration is saved into a {MODEL_FILE}; {loaded.path} is a training checkpoint."
@@ -145,6 +167,10 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
         loaded = calibrate(loaded, store, resolve_split(store, opts.calibrate_on, loaded),
                            opts.threshold, opts.tta, opts.device, opts.batch_size)  # fmt: skip
     split = resolve_split(store, opts.split, loaded)
+    _check_two_classes(store, split)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise HistodetectError(f"--out {out} is a file; give a folder for the report.")
     logits = _score(loaded, store, split.indices, opts.tta, opts.device, opts.batch_size)
     probs = probabilities(logits, loaded.spec.temperature)
     labels = store.manifest.labels[split.indices].astype(int)
@@ -155,11 +181,21 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
     metrics.update(_context(loaded, store, split, opts))
     if opts.shifts:
         metrics["shifts"] = _shift_robustness(loaded, store, split, labels, opts)
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "metrics.json", metrics)
     _write_report(out, metrics, labels, probs, store, split, loaded)
     return metrics
+
+
+def _check_two_classes(store: PatchStore, split: EvalSplit) -> None:
+    labels = store.manifest.labels[split.indices]
+    n_tumour, n_normal = int((labels == 1).sum()), int((labels == 0).sum())
+    if n_tumour == 0 or n_normal == 0:
+        raise HistodetectError(
+            f"split {split_display(split.name)} of {store.root} has {n_normal} normal and {n_tumour} tumour "
+            "patches; AUC and a report need both classes (use `histodetect predict` to score "
+            "one-class data)."
+        )
 
 
 def _shift_robustness(loaded: LoadedModel, store: PatchStore, split: EvalSplit,
@@ -170,7 +206,7 @@ def _shift_robustness(loaded: LoadedModel, store: PatchStore, split: EvalSplit,
     def score(pixels: np.ndarray) -> np.ndarray:
         logits = score_array(loaded.model, loaded.spec, pixels, tta=opts.tta,
                              batch_size=opts.batch_size, device=pick_device(opts.device))  # fmt: skip
-        return probabilities(logits, loaded.spec.temperature)
+        return probabilities(require_finite(logits, loaded.path), loaded.spec.temperature)
 
     pixels = store.read(split.indices)
     results = shifted_aucs(score, pixels, labels, opts.shifts, opts.shift_seed)

@@ -12,11 +12,29 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
+from histodetect.errors import HistodetectError
+
 EPS = 1e-7
 
 
+def require_finite_probabilities(probs: np.ndarray) -> None:
+    """Raise when any probability is NaN/inf or outside [0, 1]: never score a broken model."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if not np.isfinite(probs).all() or (probs < 0).any() or (probs > 1).any():
+        n_bad = int((~np.isfinite(probs) | (probs < 0) | (probs > 1)).sum())
+        raise HistodetectError(
+            f"{n_bad} of {len(probs)} probabilities are NaN, infinite or outside [0, 1]; the "
+            "model is broken (a diverged run?) and cannot be scored."
+        )
+
+
 def compute_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
-    """ROC AUC, or None when only one class is present."""
+    """ROC AUC, or None when only one class is present.
+
+    Raises:
+        HistodetectError: non-finite probabilities (they must never turn into a score).
+    """
+    require_finite_probabilities(probs)
     if len(np.unique(labels)) < 2:
         return None
     return float(roc_auc_score(labels, probs))
@@ -119,6 +137,7 @@ def compute_metrics(
     """Every figure of the evaluation report for labels (n,) in {0,1} and probabilities (n,)."""
     labels = np.asarray(labels, dtype=int)
     probs = np.asarray(probs, dtype=np.float64)
+    require_finite_probabilities(probs)
     report, report_text = classification_reports(labels, probs, threshold, class_names)
     ci = bootstrap_auc_ci(labels, probs, n_boot=n_boot)
     metrics: dict[str, Any] = {

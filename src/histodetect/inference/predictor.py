@@ -16,7 +16,12 @@ import torch
 from histodetect.data.sources.base import default_workers
 from histodetect.errors import HistodetectError
 from histodetect.inference.inputs import Batch, InputGroup, collect_inputs, iter_batches
-from histodetect.inference.scoring import logits_to_probabilities, pick_device, score_array
+from histodetect.inference.scoring import (
+    logits_to_probabilities,
+    pick_device,
+    require_finite,
+    score_array,
+)
 from histodetect.models.checkpoint import load_checkpoint
 from histodetect.models.spec import ModelSpec
 
@@ -80,7 +85,7 @@ class Predictor:
             batch_size=self.batch_size,
             device=self.device,
         )
-        return logits_to_probabilities(logits, self.spec)
+        return logits_to_probabilities(require_finite(logits, self.model_path), self.spec)
 
     def predict_paths(
         self,

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from histodetect.augment import apply_d4
+from histodetect.errors import HistodetectError
 from histodetect.hardware import autocast, resolve_precision, use_channels_last
 from histodetect.models import ModelSpec, prepare_batch
 
@@ -16,10 +17,22 @@ N_TTA_VIEWS = 8
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """The device to run on: "auto" takes CUDA when present, else the CPU."""
+    """The device to run on: "auto" takes CUDA when present, else the CPU.
+
+    Raises:
+        HistodetectError: CUDA asked for where there is none, or an unknown device name.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HistodetectError(f"--device {name} asks for a CUDA GPU but none is available here; "
+                               "use --device cpu or auto.")  # fmt: skip
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise HistodetectError(
+            f"--device {name!r} is not a device; use auto, cpu or cuda."
+        ) from None
 
 
 @torch.inference_mode()
@@ -52,11 +65,31 @@ def view_logits(
 def logits_to_probabilities(logits: np.ndarray, spec: ModelSpec) -> np.ndarray:
     """Calibrated tumour probability: sigmoid(logit / temperature), averaged over TTA views.
 
+    The one numpy form of the calibrated probability (`histodetect.evaluation.calibration`
+    `.probabilities` with the spec's temperature).
+
     Args:
         logits: (n,) or (n, views).
     """
-    probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / spec.temperature))
-    return probs.mean(axis=1) if probs.ndim == 2 else probs
+    from histodetect.evaluation.calibration import probabilities
+
+    return probabilities(logits, spec.temperature)
+
+
+def require_finite(logits: np.ndarray, model_path: object) -> np.ndarray:
+    """Return `logits`, or raise when any is NaN/inf: a broken model never yields a score.
+
+    Raises:
+        HistodetectError: naming the model file and how many patches were affected.
+    """
+    bad = ~np.isfinite(logits)
+    if bad.any():
+        n_bad = int(bad.reshape(len(logits), -1).any(axis=1).sum())
+        raise HistodetectError(
+            f"model {model_path} gave non-finite outputs (NaN or inf) for {n_bad} of "
+            f"{len(logits)} patches; its weights are broken (a diverged run?): retrain it."
+        )
+    return logits
 
 
 def iter_logits(

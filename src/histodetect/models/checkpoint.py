@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass, field
 from importlib import resources
@@ -33,16 +34,45 @@ class LoadedModel:
 
 def save_model(path: Path, model: nn.Module, spec: ModelSpec, metadata: dict[str, Any]) -> None:
     """Write weights + spec + metadata to `path` atomically (temp file, then rename)."""
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "model_spec": spec.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "state_dict": state,
+        "weights_sha256": weights_checksum(state),
         "metadata": metadata,
     }
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
     tmp.replace(path)
+
+
+def weights_checksum(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(
+            tensor.view(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
+        )
+    return digest.hexdigest()
+
+
+def _check_weights(file: Path, state: dict[str, Any], expected: str | None) -> None:
+    """Refuse damaged weights: a checksum mismatch, or NaN/inf in any floating-point tensor."""
+    if expected is not None and weights_checksum(state) != expected:
+        raise HistodetectError(
+            f"{file} is damaged: its weights do not match the checksum saved with them; "
+            "restore the file, or export or download it again."
+        )
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise HistodetectError(
+                f"{file} holds non-finite weights ({name}); it comes from a diverged run and "
+                "cannot make predictions; retrain with a lower --lr."
+            )
 
 
 def update_spec(path: Path, spec: ModelSpec, metadata_update: dict[str, Any] | None = None) -> None:
@@ -91,6 +121,7 @@ def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
     if payload.get("format") == FORMAT:
         spec = ModelSpec.from_dict(payload["model_spec"])
         state, metadata = payload["state_dict"], payload.get("metadata", {})
+        _check_weights(file, state, payload.get("weights_sha256"))
     elif "hyper_parameters" in payload and "spec" in payload["hyper_parameters"]:
         spec = ModelSpec.from_dict(payload["hyper_parameters"]["spec"])
         state = _weights_from_lightning(payload["state_dict"])
