@@ -59,12 +59,16 @@ def test_list_models_parameter_counts_match_default_builds() -> None:
     assert set(infos) == set(model_names())
     assert DEFAULT_MODEL in infos
     for name in BUILDABLE:
-        assert infos[name].parameter_count == count_parameters(create_model(name))
         assert infos[name].description
+        if name == "ensemble":  # built from trained runs: no default build to count
+            assert infos[name].parameter_count is None
+            continue
+        assert infos[name].parameter_count == count_parameters(create_model(name))
 
 
 def test_default_model_is_small_enough_for_cpu() -> None:
-    assert 100_000 < count_parameters(create_model(DEFAULT_MODEL)) < 3_000_000
+    # histocnn: about 4.8 M parameters, most in the dense head (cheap in compute)
+    assert 100_000 < count_parameters(create_model(DEFAULT_MODEL)) < 6_000_000
 
 
 def test_timm_missing_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -146,7 +150,7 @@ def test_seed_cnn_sizes_and_finite_output() -> None:
 
 
 def test_histonet_downsamples_only_2x_in_stem() -> None:
-    model = create_model(DEFAULT_MODEL, **tiny_model_kwargs(DEFAULT_MODEL))
+    model = create_model("histonet_s", **tiny_model_kwargs("histonet_s"))
     assert isinstance(model, HistoNet)
     assert model.stem(torch.rand(1, 3, 96, 96)).shape[-2:] == (48, 48)
     assert not any(isinstance(m, nn.MaxPool2d) for m in model.modules())

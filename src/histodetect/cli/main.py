@@ -22,6 +22,7 @@ COMMANDS = {
     "inspect": "histodetect.cli.inspect",
     "models": "histodetect.cli.models",
     "train": "histodetect.cli.train",
+    "ensemble": "histodetect.cli.ensemble",
     "calibrate": "histodetect.cli.calibrate",
     "evaluate": "histodetect.cli.evaluate",
     "predict": "histodetect.cli.predict",

@@ -16,9 +16,7 @@ def run(args: argparse.Namespace) -> int:
 
     print(f"{'name':<16} {'parameters':>12}  description")
     for info in list_models():
-        params = (
-            f"{info.parameter_count:,}" if info.parameter_count is not None else "(optional extra)"
-        )
+        params = f"{info.parameter_count:,}" if info.parameter_count is not None else "-"
         default = " [default]" if info.name == DEFAULT_MODEL else ""
         print(f"{info.name:<16} {params:>12}  {info.description}{default}")
         if args.kwargs:

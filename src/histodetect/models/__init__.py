@@ -1,7 +1,7 @@
 """Model zoo (registry of families), ModelSpec, and the one preprocessing path."""
 
 # Importing a family module registers its models.
-from histodetect.models import histocnn, histonet, seed_cnn, timm_backbone  # noqa: F401
+from histodetect.models import ensemble, histocnn, histonet, seed_cnn, timm_backbone  # noqa: F401
 from histodetect.models.registry import (
     ModelInfo,
     count_parameters,
@@ -22,8 +22,8 @@ from histodetect.models.spec import (
     prepare_batch,
 )
 
-DEFAULT_MODEL = "histonet_s"
-"""Registry name used when the user names no model; see `histodetect.models.histonet`."""
+DEFAULT_MODEL = "histocnn"
+"""Registry name used when the user names no model; see `histodetect.models.histocnn`."""
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -127,7 +127,7 @@ register_model(
     build_histocnn,
     description=(
         "Default: 3 x (conv3x3-BN-ReLU + max-pool) 32-64-128, flatten + dense 256 + dropout; "
-        "a head that knows where the centre 32 px is; 4.8 M parameters."
+        "a head that knows where the centre 32 px is."
     ),
     tiny_kwargs={"conv_channels": (4, 8), "dense_units": 8},
 )

@@ -211,17 +211,14 @@ register_model(
     "histonet_s",
     build_histonet_s,
     description=(
-        "Default: residual CNN, 2x stem downsampling, widths 16-32-64-128, "
-        "0.53 M parameters; trains fast on CPU."
+        "Residual CNN, 2x stem downsampling, widths 16-32-64-128, "
+        "global average pooling; trains fast on CPU."
     ),
     tiny_kwargs={"stage_widths": (4, 8, 8, 8)},
 )
 register_model(
     "histonet_m",
     build_histonet_m,
-    description=(
-        "Wider, deeper HistoNet (widths 32-256, 2 blocks per stage, 2.8 M parameters) "
-        "for GPU training."
-    ),
+    description=("Wider, deeper HistoNet (widths 32-256, 2 blocks per stage) for GPU training."),
     tiny_kwargs={"stage_widths": (4, 8, 8, 8), "blocks_per_stage": (1, 2, 1, 1)},
 )

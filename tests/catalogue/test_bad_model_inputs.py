@@ -1,0 +1,210 @@
+"""Catalogue of bad inputs to train, calibrate, evaluate and predict: each is one sentence naming
+the file or option, a non-zero exit (2 for a user error), no traceback, no run folder left
+behind by a refused run, and never a broken model reported as good.
+
+Add a case here for every defect found in how the model commands treat a bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from histodetect.cli.main import main
+from histodetect.models import tiny_model_kwargs
+from histodetect.models.checkpoint import load_checkpoint, save_model
+from imagefiles import make_synthetic_store
+
+TINY = ["--model", "histonet", "--model-kwargs", json.dumps(tiny_model_kwargs("histonet"))]
+QUICK = ["--epochs", "1", "--batch-size", "32", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cat") / "store"
+    make_synthetic_store(path, n=160)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished tiny run (its model.pt is copied by cases that damage it)."""
+    out = tmp_path_factory.mktemp("cat") / "run"
+    assert main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK]) == 0
+    return out
+
+
+@dataclass(frozen=True)
+class Case:
+    """`build(tmp, store, run)` returns the command line; the error must hold `says`."""
+
+    name: str
+    build: Callable[[Path, Path, Path], list[str]]
+    says: tuple[str, ...]
+    code: int = 2
+
+
+def _train(tmp: Path, store: Path, *extra: str) -> list[str]:
+    return ["train", "--data", str(store), "--out", str(tmp / "new_run"), *TINY, *QUICK, *extra]
+
+
+def _damaged_model(tmp: Path, run: Path) -> Path:
+    """model.pt with bytes flipped inside a weight tensor (the file still unpickles)."""
+    target = tmp / "damaged.pt"
+    shutil.copy(run / "model.pt", target)
+    data = bytearray(target.read_bytes())
+    loaded = load_checkpoint(run / "model.pt")
+    first = next(iter(loaded.model.state_dict().values())).numpy().tobytes()
+    at = bytes(data).find(first[:16])
+    assert at > 0
+    data[at : at + 16] = bytes(16)
+    target.write_bytes(bytes(data))
+    return target
+
+
+def _nan_model(tmp: Path, run: Path) -> Path:
+    """A model whose weights are NaN, saved with a valid checksum (what a diverged run exports)."""
+    loaded = load_checkpoint(run / "model.pt")
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.fill_(float("nan"))
+    target = tmp / "nan.pt"
+    save_model(target, loaded.model, loaded.spec, loaded.metadata)
+    return target
+
+
+def _one_class_store(tmp: Path, store: Path) -> Path:
+    from histodetect.data.store import open_store
+
+    s = open_store(store)
+    keep = np.flatnonzero(s.manifest.labels == 1)
+    folder = tmp / "ones"
+    for i in keep[:40]:
+        path = folder / str(s.manifest.splits[i] or "train") / "1" / f"p{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        from PIL import Image
+
+        Image.fromarray(s.read([int(i)])[0]).save(path)
+    assert main(["ingest", str(folder), "--out", str(tmp / "ones_store"), "--no-progress"]) == 0
+    return tmp / "ones_store"
+
+
+CASES = [
+    Case("lr zero", lambda t, s, r: _train(t, s, "--lr", "0"), ("--lr",)),
+    Case("lr negative", lambda t, s, r: _train(t, s, "--lr", "-1"), ("--lr",)),
+    Case("lr nan", lambda t, s, r: _train(t, s, "--lr", "nan"), ("--lr",)),
+    Case("lr absurd", lambda t, s, r: _train(t, s, "--lr", "1e9"), ("--lr",)),
+    Case("batch absurd", lambda t, s, r: _train(t, s, "--batch-size", "10000000"), ("--batch-size",)),
+    Case("batch above split", lambda t, s, r: _train(t, s, "--batch-size", "5000"), ("--batch-size", "training split")),
+    Case("epochs zero", lambda t, s, r: _train(t, s, "--epochs", "0"), ("--epochs",)),
+    Case("weight decay nan", lambda t, s, r: _train(t, s, "--weight-decay", "nan"), ("--weight-decay",)),
+    Case("model kwargs list", lambda t, s, r: _train(t, s, "--model-kwargs", "[1, 2]"), ("--model-kwargs", "JSON object")),
+    Case("model kwargs bad json", lambda t, s, r: _train(t, s, "--model-kwargs", "{oops"), ("--model-kwargs",)),
+    Case("gpu without gpu", lambda t, s, r: _train(t, s, "--accelerator", "gpu"), ("--accelerator gpu",)),
+    Case("one-class training data", lambda t, s, r: _train(t, _one_class_store(t, s)), ("0 normal", "both classes")),
+    Case("resume a finished run", lambda t, s, r: ["train", "--resume", str(r)], ("already finished",)),
+    Case("resume a non-run", lambda t, s, r: ["train", "--resume", str(t)], ("not a training run",)),
+    Case("damaged weights", lambda t, s, r: ["predict", str(s), "--model", str(_damaged_model(t, r)), "--out", str(t / "p.csv"), "--no-progress"], ("damaged.pt", "checksum")),
+    Case("nan weights", lambda t, s, r: ["evaluate", str(_nan_model(t, r)), "--data", str(s), "--out", str(t / "rep")], ("nan.pt", "non-finite")),
+    Case("evaluate cuda without gpu", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--device", "cuda"], ("--device cuda",)),
+    Case("calibrate cuda without gpu", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--device", "cuda"], ("--device cuda",)),
+    Case("calibrate bad threshold", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--threshold", "sensitivity=abc"], ("--threshold", "sensitivity=abc")),
+    Case("calibrate threshold out of range", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--threshold", "1.5"], ("--threshold",)),
+    Case("evaluate out is a file", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(_touch(t / "f.txt"))], ("f.txt", "is a file")),
+    Case("evaluate one-class split", lambda t, s, r: ["evaluate", str(r), "--data", str(_one_class_store(t, s)), "--split", "all", "--out", str(t / "rep")], ("both classes",)),
+    Case("evaluate unknown split", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--split", "nope", "--out", str(t / "rep")], ("nope", "--split all")),
+    Case("evaluate unknown shift", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--shift", "fog", "--out", str(t / "rep")], ("--shift", "fog")),
+]  # fmt: skip
+
+
+def _touch(path: Path) -> Path:
+    path.write_text("not a folder\n")
+    return path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_model_input_is_one_clear_sentence(
+    case: Case, store: Path, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = case.build(tmp_path, store, run)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse rejects a malformed option value itself (exit 2)
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert code == case.code, err
+    assert "Traceback" not in err
+    assert "internal error" not in err, err
+    for fragment in case.says:
+        assert fragment in err, (fragment, err)
+    assert not (tmp_path / "new_run").exists(), "a refused run must leave no run folder"
+    assert not (tmp_path / "rep").exists(), "a refused evaluation must leave no report folder"
+
+
+def test_diverged_training_stops_with_a_sentence_and_exports_nothing(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histodetect.training.module import PatchClassifier
+
+    real_step = PatchClassifier.training_step
+
+    def exploding_step(self: PatchClassifier, batch: object, batch_idx: int) -> torch.Tensor:
+        if self.global_step >= 2:  # what an lr of 1e9 does a few steps in
+            with torch.no_grad():
+                for parameter in self.model.parameters():
+                    parameter.fill_(float("inf"))
+        return real_step(self, batch, batch_idx)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(PatchClassifier, "training_step", exploding_step)
+    out = tmp_path / "diverged"
+    code = main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK])
+    err = capsys.readouterr().err
+    assert code == 2 and "diverged" in err and "--lr" in err, err
+    assert "Traceback" not in err
+    assert not (out / "model.pt").exists() and not (out / "summary.json").exists()
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_can_be_rerun(
+    store: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "aborted"
+    out.mkdir()
+    (out / "config.json").write_text("{}\n")  # what a run killed before its first checkpoint left
+    (out / "notes.txt").write_text("mine\n")
+    assert main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK]) == 0
+    assert (out / "model.pt").is_file() and (out / "notes.txt").read_text() == "mine\n"
+
+
+def test_resume_uses_the_folder_given_not_the_saved_path(
+    store: Path, run: Path, tmp_path: Path
+) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    (moved / "summary.json").unlink()  # as if it had been killed before the end
+    config = json.loads((moved / "config.json").read_text())
+    config["data"] = "relative/store/that/is/not/here"
+    (moved / "config.json").write_text(json.dumps(config))
+    before = (run / "model.pt").read_bytes()
+    assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
+    assert (moved / "summary.json").is_file()
+    assert (run / "model.pt").read_bytes() == before, "the original run must be untouched"
+
+
+def test_nan_probabilities_never_become_a_score() -> None:
+    from histodetect.errors import HistodetectError
+    from histodetect.evaluation.metrics import compute_auc, compute_metrics
+
+    labels = np.array([0, 1, 0, 1])
+    probs = np.array([0.1, np.nan, 0.2, 0.9])
+    with pytest.raises(HistodetectError, match="NaN"):
+        compute_auc(labels, probs)
+    with pytest.raises(HistodetectError, match="NaN"):
+        compute_metrics(labels, probs, 0.5)
