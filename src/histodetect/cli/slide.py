@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from histodetect.cli import options
+from histodetect.slides import BACKENDS
 
 HELP = "tumour heatmap, regions (GeoJSON), summary and report for whole-slide images"
 
@@ -41,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--reader",
-        choices=("auto", "openslide", "tifffile", "pil"),
+        choices=BACKENDS,
         default="auto",
         help="slide reader (default auto: OpenSlide when it recognises the file)",
     )

@@ -2,3 +2,6 @@
 
 Nothing heavy is imported here; `histodetect slide` (cli/slide.py) drives `runner.run_slides`.
 """
+
+BACKENDS = ("auto", "openslide", "tifffile", "pil")
+"""Slide reader backends (`--reader`); "auto" picks one per file (see `reader.open_slide`)."""

@@ -41,11 +41,7 @@ def summarise(
         model: what identifies the model run (path, name, threshold, temperature, tta, device).
     """
     grid, times = analysis.grid, analysis.times
-    probs = analysis.probabilities[analysis.scored]
-    n_tiles = int(probs.size)
-    n_positive = int((probs >= model["threshold"]).sum())
-    tissue_mm2 = n_tiles * grid.cell_area_mm2
-    tumour_mm2 = n_positive * grid.cell_area_mm2
+    n_tiles = int(analysis.scored.sum())
 
     def rate(seconds: float) -> float | None:
         return round(n_tiles / seconds, 1) if seconds > 0 else None
@@ -54,7 +50,7 @@ def summarise(
         "slide": str(analysis.path),
         "reader": analysis.backend,
         "dimensions_px": list(analysis.dimensions),
-        "slide_mpp": analysis.grid.slide_mpp,
+        "slide_mpp": grid.slide_mpp,
         "slide_mpp_source": analysis.mpp_source,
         "model_mpp": grid.model_mpp,
         "level_read": grid.level,
@@ -64,15 +60,7 @@ def summarise(
         "stride_px": grid.stride_px,
         "grid_cells": [grid.n_rows, grid.n_cols],
         "n_tiles": n_tiles,
-        "max_probability": round(float(probs.max()), 6),
-        "mean_probability": round(float(probs.mean()), 6),
-        "threshold": model["threshold"],
-        "tumour_cells": n_positive,
-        "tumour_area_mm2": round(tumour_mm2, 6),
-        "tissue_area_mm2": round(tissue_mm2, 6),
-        "tumour_fraction_of_tissue": round(tumour_mm2 / tissue_mm2, 6),
-        "n_regions": len(regions),
-        "largest_region_mm2": round(regions[0].area_mm2, 6) if regions else 0.0,
+        **tumour_burden(analysis, regions, model["threshold"]),
         "model": model,
         "seconds": {k: round(v, 3) for k, v in vars(times).items()},
         "tiles_per_s": {
@@ -81,6 +69,27 @@ def summarise(
             "overall": rate(times.total_s),
         },
         "histodetect_version": __version__,
+    }
+
+
+def tumour_burden(
+    analysis: SlideAnalysis, regions: list[Region], threshold: float
+) -> dict[str, Any]:
+    """Probabilities and areas: tumour cells are those at or above `threshold`; the tissue
+    area counts the scored cells."""
+    probs = analysis.probabilities[analysis.scored]
+    cell_mm2 = analysis.grid.cell_area_mm2
+    n_positive = int((probs >= threshold).sum())
+    return {
+        "max_probability": round(float(probs.max()), 6),
+        "mean_probability": round(float(probs.mean()), 6),
+        "threshold": threshold,
+        "tumour_cells": n_positive,
+        "tumour_area_mm2": round(n_positive * cell_mm2, 6),
+        "tissue_area_mm2": round(probs.size * cell_mm2, 6),
+        "tumour_fraction_of_tissue": round(n_positive / probs.size, 6),
+        "n_regions": len(regions),
+        "largest_region_mm2": round(regions[0].area_mm2, 6) if regions else 0.0,
     }
 
 

@@ -17,8 +17,8 @@ from typing import ClassVar
 import numpy as np
 
 from histodetect.errors import HistodetectError
+from histodetect.slides import BACKENDS
 
-BACKENDS = ("auto", "openslide", "tifffile", "pil")
 TIFF_SUFFIXES = frozenset({".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8"})
 PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 OPENSLIDE_ONLY_SUFFIXES = frozenset(
