@@ -124,6 +124,24 @@ def test_rerun_skips_finished_slides(
     assert (tiff_result / "summary.json").stat().st_mtime_ns == before
 
 
+def test_overwrite_replaces_a_finished_result_only(
+    tiff_result: Path, tiff_slide: LayoutSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    out = tmp_path / "out"
+    shutil.copytree(tiff_result, out / "layout")
+    argv = [str(tiff_slide.path), "--out", str(out), "--stride-px", "96", "--overwrite"]
+    assert _run(argv) == 0
+    assert json.loads((out / "layout" / "summary.json").read_text())["stride_px"] == 96
+    assert sorted(p.name for p in out.iterdir()) == ["layout"]
+    (out / "layout" / "summary.json").unlink()  # no longer a finished result: never replaced
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{out / 'layout'} exists but holds no finished slide result" in err
+    assert (out / "layout" / "tiles.csv").exists()
+
+
 @pytest.mark.parametrize("when", ["scoring", "writing"])
 def test_interrupt_leaves_nothing(
     tiff_slide: LayoutSlide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
