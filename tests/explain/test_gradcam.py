@@ -13,7 +13,7 @@ from torch import nn
 
 from histodetect.cli.main import main
 from histodetect.errors import HistodetectError
-from histodetect.explain.gradcam import feature_stage, gradcam, gradcam_overlays
+from histodetect.explain.gradcam import explained_parts, feature_stage, gradcam, gradcam_overlays
 from histodetect.models import ModelSpec, create_model, model_names, tiny_model_kwargs
 
 pytest.importorskip("captum", reason="the explain extra (captum) is not installed")
@@ -35,9 +35,10 @@ def _tiny(name: str) -> tuple[nn.Module, ModelSpec]:
 def test_every_family_has_a_spatial_features_stage(name: str, rng: np.random.Generator) -> None:
     model, spec = _tiny(name)
     maps: list[torch.Tensor] = []
-    feature_stage(model).register_forward_hook(lambda m, i, o: maps.append(o))
+    for _, stage in explained_parts(model):  # the model's features stage, or its members'
+        stage.register_forward_hook(lambda m, i, o: maps.append(o))
     model(torch.zeros(2, 3, 96, 96))
-    assert maps[0].ndim == 4 and maps[0].shape[0] == 2 and min(maps[0].shape[2:]) > 1
+    assert maps and all(m.ndim == 4 and m.shape[0] == 2 and min(m.shape[2:]) > 1 for m in maps)
     pixels = rng.integers(0, 256, size=(3, 96, 96, 3), dtype=np.uint8)
     tumour = gradcam(model, spec, pixels, target="tumour")
     normal = gradcam(model, spec, pixels, target="normal")

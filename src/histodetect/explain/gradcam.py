@@ -2,7 +2,9 @@
 
 Every family splits into a features stage (the last spatial feature map) and a head that turns
 it into one logit. Which module is the features stage is one entry per family in
-`feature_stage`; an unknown family raises rather than guessing. Pixels are prepared by the
+`feature_stage`; an unknown family raises rather than guessing. A model made of `members`
+(the ensemble family: the mean of its members' logits) is explained by the sum of its
+members' maps for the ensemble's own decision. Pixels are prepared by the
 model's own `prepare_batch` (the one preprocessing path), and the class explained is the one
 predicted at the spec's calibrated threshold.
 """
@@ -80,6 +82,19 @@ def feature_stage(model: nn.Module) -> nn.Module:
     return find(model)
 
 
+def explained_parts(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
+    """(module, its features stage) pairs whose Grad-CAM maps add up to the model's: the model
+    itself, or each member of a model built of `members` (an nn.ModuleList, as an ensemble is).
+
+    Raises:
+        HistodetectError: a model (or member) family that has no entry in the table.
+    """
+    members = getattr(model, "members", None)
+    if isinstance(members, nn.ModuleList) and len(members) > 0:
+        return [(member, feature_stage(member)) for member in members]
+    return [(model, feature_stage(model))]
+
+
 def gradcam(
     model: nn.Module,
     spec: ModelSpec,
@@ -101,11 +116,11 @@ def gradcam(
     if target not in TARGETS:
         raise HistodetectError(f"Grad-CAM target {target!r} is not one of {', '.join(TARGETS)}.")
     attr = require_captum()
-    layer = feature_stage(model)
+    explained = explained_parts(model)
     device = device or next(model.parameters()).device
     model.eval()
     parts = [
-        _gradcam_batch(attr, model, layer, spec, pixels[i : i + BATCH_SIZE], target, device)
+        _gradcam_batch(attr, model, explained, spec, pixels[i : i + BATCH_SIZE], target, device)
         for i in range(0, len(pixels), BATCH_SIZE)
     ]
     size = spec.patch_size_px
@@ -115,7 +130,7 @@ def gradcam(
 def _gradcam_batch(
     attr: ModuleType,
     model: nn.Module,
-    layer: nn.Module,
+    explained: list[tuple[nn.Module, nn.Module]],
     spec: ModelSpec,
     pixels: np.ndarray,
     target: str,
@@ -133,15 +148,29 @@ def _gradcam_batch(
             probs = logits_to_probabilities(logits.cpu().numpy(), spec)
             sign = torch.from_numpy(np.where(probs >= spec.threshold, 1.0, -1.0)).to(logits)
 
-        def signed_logit(inputs: torch.Tensor) -> torch.Tensor:
-            return model(inputs).float() * sign
+        cams = [
+            _layer_cam(attr, part, layer, x, sign / len(explained)) for part, layer in explained
+        ]
+        total = torch.stack(cams).sum(dim=0)
+    heat = total[:, 0].clamp_(min=0).cpu().numpy().astype(np.float32)
+    peak = heat.reshape(len(heat), -1).max(axis=1).reshape(-1, 1, 1)
+    heat = np.divide(heat, peak, out=np.zeros_like(heat), where=peak > 0)
+    return _uncrop(heat, spec)
 
-        cam = attr.LayerGradCam(signed_logit, layer).attribute(x, relu_attributions=True)
-        cam = attr.LayerAttribution.interpolate(cam.detach(), tuple(x.shape[2:]), "bilinear")
-    cam = cam[:, 0].clamp_(min=0).cpu().numpy().astype(np.float32)
-    peak = cam.reshape(len(cam), -1).max(axis=1).reshape(-1, 1, 1)
-    cam = np.divide(cam, peak, out=np.zeros_like(cam), where=peak > 0)
-    return _uncrop(cam, spec)
+
+def _layer_cam(
+    attr: ModuleType, part: nn.Module, layer: nn.Module, x: torch.Tensor, weight: torch.Tensor
+) -> torch.Tensor:
+    """Grad-CAM (N, 1, H, W) of `weight` * part's logit at `layer`, upsampled to the input."""
+
+    def weighted_logit(inputs: torch.Tensor) -> torch.Tensor:
+        return part(inputs).float() * weight
+
+    cam = attr.LayerGradCam(weighted_logit, layer).attribute(x, relu_attributions=True)
+    result: torch.Tensor = attr.LayerAttribution.interpolate(
+        cam.detach(), tuple(x.shape[2:]), "bilinear"
+    )
+    return result
 
 
 def _uncrop(cam: np.ndarray, spec: ModelSpec) -> np.ndarray:
