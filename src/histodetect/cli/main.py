@@ -28,6 +28,7 @@ COMMANDS = {
     "predict": "histodetect.cli.predict",
     "slide": "histodetect.cli.slide",
     "explain": "histodetect.cli.explain",
+    "serve": "histodetect.cli.serve",
 }
 
 

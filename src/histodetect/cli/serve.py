@@ -1,0 +1,100 @@
+"""`histodetect serve`: the HTTP API (OpenAPI at /docs) and the browser page, on one model."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from histodetect.cli import options
+
+HELP = "HTTP API and browser page: patch predictions, Grad-CAM and slide heatmaps (serve extra)"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "
+        "machine only; 0.0.0.0 opens it to the network)",
+    )  # fmt: skip
+    parser.add_argument("--port", type=int, default=8000, help="default 8000; 0 picks a free one")
+    parser.add_argument(
+        "--max-upload-mb", type=float, default=32.0, help="largest patch request (default 32)"
+    )
+    parser.add_argument(
+        "--max-images", type=int, default=256, help="most patch files per request (default 256)"
+    )
+    parser.add_argument(
+        "--max-slide-mb", type=float, default=4096.0, help="largest slide upload (default 4096)"
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=256,
+        help="most patches of concurrent requests joined into one forward pass (default 256)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a forward pass waits for more requests when idle (default 5)",
+    )
+    parser.add_argument(
+        "--no-batching",
+        dest="batching",
+        action="store_false",
+        help="one forward pass per request (for comparisons)",
+    )
+    parser.add_argument(
+        "--slides-dir",
+        type=Path,
+        help="folder of slides that requests may name (else uploads only)",
+    )
+    parser.add_argument(
+        "--jobs-dir",
+        type=Path,
+        help="folder for slide results (default: a temporary folder deleted on exit)",
+    )
+    options.add_inference(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from histodetect.serve.server import require_serve_extra
+
+    require_serve_extra()
+    from histodetect.errors import HistodetectError
+    from histodetect.inference.predictor import Predictor
+    from histodetect.models.checkpoint import resolve_model_path
+    from histodetect.serve.app import create_app
+    from histodetect.serve.limits import ServeLimits
+    from histodetect.serve.server import bind_socket, run_server, url_of
+
+    limits = ServeLimits(
+        max_upload_mb=args.max_upload_mb, max_images=args.max_images,
+        max_slide_mb=args.max_slide_mb, max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms, max_queue=max(2048, 4 * args.max_images),
+        batching=args.batching,
+    )  # fmt: skip
+    if args.slides_dir is not None and not args.slides_dir.is_dir():
+        raise HistodetectError(f"--slides-dir {args.slides_dir} is not a folder.")
+    if args.model is not None and resolve_model_path(args.model).suffix == ".ckpt":
+        raise HistodetectError(
+            f"--model {args.model} is a training checkpoint, which may hold pickled code; serve "
+            "loads exported weights only: give the run's model.pt."
+        )
+    if args.jobs_dir is not None:
+        args.jobs_dir.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    app = create_app(predictor, limits, slides_dir=args.slides_dir, jobs_dir=args.jobs_dir)
+    sock = bind_socket(args.host, args.port)
+    spec = predictor.spec
+    print(
+        f"Model: {predictor.model_path.name} ({spec.model_name}, threshold {spec.threshold:.3f}"
+        f"{', TTA x8' if args.tta else ''}); micro-batching "
+        f"{'up to ' + str(limits.max_batch) + ' patches' if limits.batching else 'off'}."
+    )
+    print(f"Serving on {url_of(sock)} (API docs at {url_of(sock)}docs); Ctrl-C stops.", flush=True)
+    run_server(app, sock)
+    print("Stopped.")
+    return 0

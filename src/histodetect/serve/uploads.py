@@ -1,0 +1,218 @@
+"""What clients send: patch files (sniffed, size-checked, then decoded by `predict`'s own
+`decode_files`), slide files, and slide names inside --slides-dir (never a path outside it)."""
+
+from __future__ import annotations
+
+import io
+import re
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from histodetect.serve.http_errors import ApiError, api_wording
+from histodetect.serve.limits import ServeLimits
+
+MAGIC_SUFFIXES = (
+    (b"\x89PNG\r\n\x1a\n", ".png"),
+    (b"\xff\xd8\xff", ".jpg"),
+    (b"II*\x00", ".tif"),
+    (b"MM\x00*", ".tif"),
+    (b"II+\x00", ".tif"),  # BigTIFF
+    (b"MM\x00+", ".tif"),
+)
+"""Leading bytes of the formats accepted, and the suffix a file of that format is saved with:
+the content decides, never the name a client gives."""
+FORMATS_TEXT = "PNG, JPEG or TIFF"
+TIFF_SLIDE_SUFFIXES = (".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8")
+"""TIFF-based slide suffixes kept from the client's name (the reader picks its backend by them)."""
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One uploaded file: the name the client gave it and its bytes."""
+
+    name: str
+    data: bytes
+
+
+def client_name(name: str | None) -> str:
+    """The file name a client sent, without any folders (browsers may send paths)."""
+    return PurePosixPath((name or "").replace("\\", "/")).name or "upload"
+
+
+def patch_id(name: str) -> str:
+    """Id of an uploaded patch: its file name without extension, as `predict` gives."""
+    return PurePosixPath(client_name(name)).stem or client_name(name)
+
+
+def sniff_suffix(data: bytes) -> str | None:
+    """Suffix of the format `data` starts with (.png, .jpg, .tif), or None."""
+    return next((suffix for magic, suffix in MAGIC_SUFFIXES if data.startswith(magic)), None)
+
+
+def decode_patches(
+    uploads: list[Upload],
+    size_px: int,
+    limits: ServeLimits,
+    resize: bool = False,
+    center_crop: bool = False,
+) -> tuple[list[str], np.ndarray]:
+    """Ids and uint8 (n, size_px, size_px, 3) pixels of uploaded patch files, in order.
+
+    Raises:
+        ApiError: 413 for too many files or pixels, 415 for content that is not PNG, JPEG or
+            TIFF, 422 for a file that cannot be decoded or has the wrong size (naming it).
+    """
+    from histodetect.inference.inputs import decode_files
+
+    if not uploads:
+        raise ApiError(422, "the request holds no files; send patches in the form field 'files'.")
+    if len(uploads) > limits.max_images:
+        raise ApiError(
+            413, f"{len(uploads)} files in one request; this server takes at most "
+            f"{limits.max_images} (--max-images): split them over several requests.",
+        )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="histodetect-serve-") as tmp:
+        paths = []
+        for number, upload in enumerate(uploads):
+            suffix = check_patch_file(upload, limits)
+            paths.append(Path(tmp) / f"{number:05d}{suffix}")
+            paths[-1].write_bytes(upload.data)
+        if resize and center_crop:
+            raise ApiError(422, "choose one of resize and center_crop, not both.")
+        batch = decode_files(paths, size_px, resize=resize, center_crop=center_crop)
+    for upload, path, error in zip(uploads, paths, batch.errors, strict=True):
+        if error is not None:
+            name = client_name(upload.name)
+            reason = api_wording(error.replace(str(path), name))  # no server paths to clients
+            raise ApiError(422, f"{name} {reason}.", name)
+    return [patch_id(upload.name) for upload in uploads], batch.pixels
+
+
+def check_patch_file(upload: Upload, limits: ServeLimits) -> str:
+    """The suffix for an upload's content, after checking its format and pixel count.
+
+    Raises:
+        ApiError: 422 empty, 415 not PNG/JPEG/TIFF, 413 more than `max_image_pixels` pixels.
+    """
+    name = client_name(upload.name)
+    if not upload.data:
+        raise ApiError(422, f"{name} is empty (0 bytes).", name)
+    suffix = sniff_suffix(upload.data)
+    if suffix is None:
+        raise ApiError(
+            415, f"{name} is not a {FORMATS_TEXT} image (judged by its content, not its name).",
+            name,
+        )  # fmt: skip
+    pixels = image_pixels(upload.data)
+    if pixels is not None and pixels[0] > limits.max_image_pixels:
+        raise ApiError(
+            413, f"{name} is {pixels[1]}, more than this server decodes "
+            f"({limits.max_image_pixels:,} pixels); send patches, or a whole slide to /v1/slides.",
+            name,
+        )  # fmt: skip
+    return suffix
+
+
+def image_pixels(data: bytes) -> tuple[int, str] | None:
+    """Pixel count and its description ("2000x1000 px") from an image's header, without
+    decoding the pixels; None when no reader recognises the header."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the count is checked by the caller
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                return width * height, f"{width}x{height} px"
+    except Image.DecompressionBombError:
+        return sys.maxsize, "larger than Pillow's decompression-bomb limit"
+    except Exception:
+        pass
+    try:  # TIFFs Pillow cannot open (16-bit RGB and other layouts) may still be read by tifffile
+        import tifffile
+
+        with tifffile.TiffFile(io.BytesIO(data)) as tif:
+            page = tif.pages.first
+            width, height = int(page.imagewidth), int(page.imagelength)
+            return width * height, f"{width}x{height} px"
+    except Exception:
+        return None
+
+
+# ----------------------------------------------------------------------------- slides
+
+
+def slide_suffix(head: bytes, name: str) -> str:
+    """Suffix to save an uploaded slide with, from its first bytes (and its name for TIFFs).
+
+    Raises:
+        ApiError: 415 when the content is not TIFF-based, PNG or JPEG.
+    """
+    suffix = sniff_suffix(head)
+    if suffix is None:
+        raise ApiError(
+            415, f"{name} is not a slide this server takes by upload: a TIFF-based slide (.tif, "
+            ".svs, .ndpi, OME-TIFF) or a PNG/JPEG image, judged by its content.", name,
+        )  # fmt: skip
+    given = PurePosixPath(name).suffix.lower()
+    return given if suffix == ".tif" and given in TIFF_SLIDE_SUFFIXES else suffix
+
+
+def safe_stem(name: str) -> str:
+    """A file-system-safe stem for a client's file name (letters, digits, . _ -)."""
+    stem = _UNSAFE.sub("_", PurePosixPath(client_name(name)).stem).strip("._")
+    return (stem or "slide")[:100]
+
+
+def resolve_slide_name(folder: Path, name: str) -> Path:
+    """The file `name` inside `folder`, refusing anything that leads elsewhere.
+
+    Refused: absolute paths, `..`, backslashes, hidden names, and any symbolic link on the way
+    (a link could point outside the folder).
+
+    Raises:
+        ApiError: 422 for a name that leaves the folder, 404 for one that is not there.
+    """
+    parts = PurePosixPath(name).parts
+    if (
+        not name
+        or "\\" in name
+        or "\x00" in name
+        or PurePosixPath(name).is_absolute()
+        or any(part in ("..", ".") or part.startswith(".") for part in parts)
+    ):
+        raise ApiError(
+            422, f"slide name {name!r} must be a relative path inside the server's --slides-dir "
+            "(no '..', no absolute paths).", name,
+        )  # fmt: skip
+    path = folder
+    for part in parts:
+        path = path / part
+        if path.is_symlink():
+            raise ApiError(
+                422, f"slide {name} is a symbolic link; the server only opens files inside "
+                "--slides-dir itself.", name,
+            )  # fmt: skip
+    if not path.is_file() and not (path.is_dir() and path.suffix.lower() == ".mrxs"):
+        raise ApiError(404, f"there is no slide {name} in the server's --slides-dir.", name)
+    return path
+
+
+def list_slides(folder: Path, limit: int = 1000) -> list[str]:
+    """Names of the files in `folder` (recursively, no hidden ones or links), sorted."""
+    names = []
+    for path in sorted(folder.rglob("*")):
+        relative = path.relative_to(folder)
+        if any(part.startswith(".") for part in relative.parts) or path.is_symlink():
+            continue
+        if path.is_file():
+            names.append(relative.as_posix())
+        if len(names) >= limit:
+            break
+    return names

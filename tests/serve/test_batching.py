@@ -1,0 +1,131 @@
+"""Micro-batching: concurrent requests share forward passes; the queue is bounded; the model
+only ever runs on the batcher's worker thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from histodetect.inference.predictor import Predictor
+from histodetect.serve.app import create_app
+from histodetect.serve.batching import MicroBatcher, QueueFullError
+from histodetect.serve.limits import ServeLimits
+from serve.conftest import CountingPredictor
+
+
+async def _concurrent_predicts(app: Any, files: list[Path], n: int) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://serve.test") as client:
+        payloads = [files[i % len(files)] for i in range(n)]
+        return await asyncio.gather(
+            *(
+                client.post(
+                    "/v1/predict", files=[("files", (p.name, p.read_bytes(), "image/jpeg"))]
+                )
+                for p in payloads
+            )
+        )
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_fifty_concurrent_requests_share_forward_passes(
+    bundled: Predictor, valid_patches: list[Path], batching: bool
+) -> None:
+    counting = CountingPredictor(bundled, delay_s=0.02)
+    app = create_app(counting, ServeLimits(max_wait_ms=20, batching=batching))
+    responses = asyncio.run(_concurrent_predicts(app, valid_patches, 50))
+    assert all(r.status_code == 200 for r in responses), responses[0].text
+    app.state.context.batcher.close()
+    assert sum(counting.calls) == 50
+    if batching:
+        assert len(counting.calls) <= 10, counting.calls  # far fewer than one pass per request
+        assert max(counting.calls) >= 5
+    else:
+        assert counting.calls == [1] * 50
+    assert counting.threads == {"micro-batcher"}
+    # every client got its own patch's probability, as if it had been alone
+    alone = dict(
+        zip(
+            (p.name for p in valid_patches),
+            bundled.predict_pixels(_pixels(valid_patches)),
+            strict=True,
+        )
+    )
+    for i, response in enumerate(responses):
+        expected = alone[valid_patches[i % len(valid_patches)].name]
+        assert response.json()["predictions"][0]["probability"] == pytest.approx(expected, abs=1e-6)
+
+
+def _pixels(paths: list[Path]) -> np.ndarray:
+    from PIL import Image
+
+    return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+
+
+def _blocked_batcher(**kwargs: Any) -> tuple[MicroBatcher, threading.Event, list[int]]:
+    """A batcher whose model waits for `release` before each pass, and the sizes it saw."""
+    release = threading.Event()
+    sizes: list[int] = []
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        release.wait(5)
+        sizes.append(len(pixels))
+        return np.full(len(pixels), 0.5)
+
+    return MicroBatcher(predict, **kwargs), release, sizes
+
+
+def test_the_queue_is_bounded_and_drains() -> None:
+    batcher, release, sizes = _blocked_batcher(max_batch=4, max_wait_s=0.0, max_queue=6)
+    patch = np.zeros((1, 8, 8, 3), dtype=np.uint8)
+    running = batcher.submit(patch)
+    time.sleep(0.1)  # the worker has taken it and waits inside the model
+    queued = [batcher.submit(np.repeat(patch, 3, axis=0)) for _ in range(2)]
+    assert batcher.queued_patches == 6
+    with pytest.raises(QueueFullError):
+        batcher.submit(patch)
+    with pytest.raises(QueueFullError):
+        batcher.call(lambda: None)
+    slide_batch = batcher.submit(patch, bounded=False)  # slide jobs wait instead of failing
+    release.set()
+    assert running.result(5).tolist() == [0.5]
+    assert [len(f.result(5)) for f in queued] == [3, 3]
+    assert len(slide_batch.result(5)) == 1
+    assert sizes[0] == 1 and sum(sizes) == 8 and max(sizes) <= 4
+    assert batcher.queued_patches == 0
+    batcher.close()
+    with pytest.raises(QueueFullError, match="shutting down"):
+        batcher.submit(patch)
+
+
+def test_exclusive_calls_run_between_batches_and_errors_reach_every_request() -> None:
+    calls: list[str] = []
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        calls.append(f"predict {len(pixels)}")
+        if pixels.any():
+            raise ValueError("broken model")
+        return np.zeros(len(pixels))
+
+    batcher = MicroBatcher(predict, max_batch=8, max_wait_s=0.05)
+    zeros = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    first = batcher.submit(zeros)
+    explained = batcher.call(lambda: calls.append("explain") or "done")
+    second = batcher.submit(zeros)
+    assert first.result(5).shape == (2,) and explained.result(5) == "done"
+    assert second.result(5).shape == (2,)
+    assert calls == ["predict 2", "explain", "predict 2"]  # the call is never inside a batch
+    ones = np.ones((1, 4, 4, 3), dtype=np.uint8)
+    failing = [batcher.submit(ones), batcher.submit(zeros)]
+    for future in failing:
+        with pytest.raises(ValueError, match="broken model"):
+            future.result(5)
+    assert batcher.submit(zeros).result(5).shape == (2,)  # the worker survives
+    batcher.close()
