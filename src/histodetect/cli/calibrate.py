@@ -27,7 +27,9 @@ def run(args: argparse.Namespace) -> int:
 
     loaded, store = load_checkpoint(args.model), open_store(args.data)
     split = resolve_split(store, args.split, loaded)
-    cal = calibrate(loaded, store, split, args.threshold, args.tta, args.device, args.batch_size)
+    cal = calibrate(
+        loaded, store, split, args.threshold, args.tta, args.device, args.batch_size, args.precision
+    )
     print(f"Fitted on {split.name} ({len(split.indices)} patches, {split.role}): temperature "
           f"{cal.spec.temperature:.3f}, threshold {cal.spec.threshold:.4f} ({args.threshold}); saved in {cal.path}.")  # fmt: skip
     print(

@@ -49,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         device=args.device,
         batch_size=args.batch_size,
+        precision=args.precision,
         n_boot=args.bootstrap,
         shifts=parse_shifts(args.shift),
         shift_seed=args.shift_seed,

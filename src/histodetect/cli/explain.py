@@ -35,7 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from histodetect.inference.predictor import Predictor
 
     check_out_folder(args.out, args.overwrite)
-    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor(
+        args.model,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+    )
     rows = explain_inputs(
         args.patches,
         args.out,

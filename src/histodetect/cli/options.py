@@ -47,7 +47,7 @@ def add_store(parser: argparse.ArgumentParser) -> None:
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:
-    """--tta, --device, --batch-size: how a model is run on patches."""
+    """--tta, --device, --batch-size, --precision: how a model is run on patches."""
     parser.add_argument(
         "--tta", action="store_true", help="mean of probabilities over the 8 flips/rotations"
     )
@@ -56,6 +56,12 @@ def add_inference(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size", type=int, default=256, help="patches per forward pass (default 256)"
+    )
+    parser.add_argument(
+        "--precision",
+        default="auto",
+        help="auto (default: bf16 autocast + channels_last where the device computes bf16 "
+        "natively, else fp32), 32-true or bf16-mixed; .onnx models run as exported",
     )
 
 

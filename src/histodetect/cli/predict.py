@@ -25,7 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "patch store folders or PCam _x.h5 files",
     )
     parser.add_argument(
-        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+        "--model",
+        type=Path,
+        help="model.pt, run folder or model.onnx (default: the bundled model)",
     )
     options.add_out(parser, "CSV file to write (id,label = tumour probability)")
     parser.add_argument("--with-path", action="store_true", help="add a path column")
@@ -53,12 +55,18 @@ def run(args: argparse.Namespace) -> int:
 
     check_output(args.out, args.overwrite)
     groups = collect_inputs(args.inputs)
-    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor(
+        args.model,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+    )
     spec = predictor.spec
     print(
         f"Model: {predictor.model_path} ({spec.model_name}, threshold {spec.threshold:.3f}, "
         f"temperature {spec.temperature:.3f}{', TTA x8' if args.tta else ''}) "
-        f"on {predictor.device}."
+        f"on {predictor.description}."
     )
     rows = predictor.predict_inputs(
         groups, args.resize, args.center_crop, args.progress, args.workers

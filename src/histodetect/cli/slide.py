@@ -62,7 +62,13 @@ def run(args: argparse.Namespace) -> int:
     slide_options = SlideOptions(
         args.stride_px, args.mpp, args.reader, args.overwrite, args.progress
     )
-    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor(
+        args.model,
+        tta=args.tta,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+    )
     outcome = run_slides(slides, args.out, predictor, slide_options)
     for summary in outcome.done:
         print(

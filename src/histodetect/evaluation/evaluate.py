@@ -91,6 +91,7 @@ def _score(
     tta: bool,
     device: str,
     batch_size: int,
+    precision: str = "auto",
 ) -> np.ndarray:
     pixels = store.read(rows)
     logits = score_array(
@@ -100,12 +101,13 @@ def _score(
         tta=tta,
         batch_size=batch_size,
         device=pick_device(device),
+        precision=precision,
     )
     return require_finite(logits, loaded.path)
 
 
 def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: str, tta: bool,
-              device: str = "auto", batch_size: int = 256) -> LoadedModel:  # fmt: skip
+              device: str = "auto", batch_size: int = 256, precision: str = "auto") -> LoadedModel:  # fmt: skip
     """Fit temperature and threshold on `split`; save them into the model file's ModelSpec."""
     parse_threshold_method(method)  # a bad --threshold fails before any scoring
     _check_two_classes(store, split)
@@ -113,7 +115,7 @@ def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: 
         raise HistodetectError(
             f"calibration is saved into a {MODEL_FILE}; {loaded.path} is a training checkpoint."
         )
-    logits = _score(loaded, store, split.indices, tta, device, batch_size)
+    logits = _score(loaded, store, split.indices, tta, device, batch_size, precision)
     labels = store.manifest.labels[split.indices].astype(int)
     temperature = fit_temperature(logits, labels)
     threshold = choose_threshold(labels, probabilities(logits, temperature), method)
@@ -144,6 +146,7 @@ class EvaluateOptions:
     threshold: str = "youden"
     device: str = "auto"
     batch_size: int = 256
+    precision: str = "auto"
     n_boot: int = 1000
     shifts: tuple[str, ...] = ()
     shift_seed: int = 0
@@ -165,13 +168,14 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
     loaded, store = load_checkpoint(model), open_store(store_path)
     if opts.calibrate_on is not None:
         loaded = calibrate(loaded, store, resolve_split(store, opts.calibrate_on, loaded),
-                           opts.threshold, opts.tta, opts.device, opts.batch_size)  # fmt: skip
+                           opts.threshold, opts.tta, opts.device, opts.batch_size, opts.precision)  # fmt: skip
     split = resolve_split(store, opts.split, loaded)
     _check_two_classes(store, split)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise HistodetectError(f"--out {out} is a file; give a folder for the report.")
-    logits = _score(loaded, store, split.indices, opts.tta, opts.device, opts.batch_size)
+    logits = _score(loaded, store, split.indices, opts.tta, opts.device, opts.batch_size,
+                    opts.precision)  # fmt: skip
     probs = probabilities(logits, loaded.spec.temperature)
     labels = store.manifest.labels[split.indices].astype(int)
     slides = store.manifest.slides[split.indices]
@@ -205,7 +209,8 @@ def _shift_robustness(loaded: LoadedModel, store: PatchStore, split: EvalSplit,
 
     def score(pixels: np.ndarray) -> np.ndarray:
         logits = score_array(loaded.model, loaded.spec, pixels, tta=opts.tta,
-                             batch_size=opts.batch_size, device=pick_device(opts.device))  # fmt: skip
+                             batch_size=opts.batch_size, device=pick_device(opts.device),
+                             precision=opts.precision)  # fmt: skip
         return probabilities(require_finite(logits, loaded.path), loaded.spec.temperature)
 
     pixels = store.read(split.indices)

@@ -1,5 +1,7 @@
-"""Predictor: a trained model turning patches, files, folders, stores and PCam .h5 files into
-calibrated tumour probabilities, and the Kaggle-style CSV (`id,label`) they are written to."""
+"""Predictor: the one entry point that turns a model file and patches, files, folders, stores
+and PCam .h5 files into calibrated tumour probabilities, and the Kaggle-style CSV (`id,label`)
+they are written to. It picks the backend from the model file: ONNX Runtime for a model.onnx,
+PyTorch for anything else (see `histodetect.inference.backends`)."""
 
 from __future__ import annotations
 
@@ -9,23 +11,22 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from histodetect.data.sources.base import default_workers
 from histodetect.errors import HistodetectError
+from histodetect.inference.backends import N_TTA_VIEWS, InferenceBackend, check_device_name
+from histodetect.inference.backends.onnx import is_onnx_path
 from histodetect.inference.inputs import Batch, InputGroup, collect_inputs, iter_batches
-from histodetect.inference.scoring import (
-    logits_to_probabilities,
-    pick_device,
-    require_finite,
-    score_array,
-)
-from histodetect.models.checkpoint import load_checkpoint
-from histodetect.models.spec import ModelSpec
+from histodetect.inference.logits import logits_to_probabilities, require_finite
 
-DEVICES = ("auto", "cpu", "cuda")
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from histodetect.models.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -45,15 +46,69 @@ class PredictionRow:
     error: str | None = None
 
 
+@dataclass(frozen=True)
+class OpenedModel:
+    """A model file ready to score: its backend, spec, resolved path and metadata."""
+
+    backend: InferenceBackend
+    spec: ModelSpec
+    path: Path
+    metadata: dict[str, Any]
+
+
+def open_model(
+    model_path: Path | str | None, device: str = "auto", precision: str = "auto"
+) -> OpenedModel:
+    """Load a model file with the backend it needs: ONNX Runtime for .onnx, else PyTorch.
+
+    Args:
+        model_path: model.onnx, model.pt, training checkpoint or run folder; None for the
+            bundled model.
+        device: "auto", "cpu", "cuda" or "cuda:N".
+        precision: "auto", "32-true" or "bf16-mixed" (PyTorch models; an .onnx model runs
+            in the precision it was exported in).
+
+    Raises:
+        HistodetectError: unknown device or precision, or a model that cannot be loaded.
+    """
+    from histodetect.hardware import PRECISIONS
+
+    check_device_name(device)
+    if precision not in PRECISIONS:
+        raise HistodetectError(f"--precision {precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if is_onnx_path(model_path):
+        return _open_onnx(Path(str(model_path)), device, precision)
+    from histodetect.inference.backends.torch import TorchBackend, pick_device
+    from histodetect.models.checkpoint import load_checkpoint
+
+    torch_device = pick_device(device)
+    loaded = load_checkpoint(model_path)
+    backend = TorchBackend(loaded.model, loaded.spec, torch_device, precision)
+    return OpenedModel(backend, loaded.spec, loaded.path, loaded.metadata)
+
+
+def _open_onnx(path: Path, device: str, precision: str) -> OpenedModel:
+    from histodetect.inference.backends.onnx import OnnxBackend
+    from histodetect.models.spec import ModelSpec
+
+    if precision == "bf16-mixed":
+        raise HistodetectError(f"--precision bf16-mixed applies to PyTorch models; {path} runs "
+                               "in the precision it was exported in: use --precision auto.")  # fmt: skip
+    backend = OnnxBackend(path, device)
+    return OpenedModel(backend, ModelSpec.from_dict(backend.spec_dict), path, backend.metadata)
+
+
 class Predictor:
     """A model loaded once for inference.
 
     Args:
-        model_path: exported model.pt, training checkpoint or run folder; None for the bundled
-            model.
+        model_path: model.onnx (run by ONNX Runtime), exported model.pt, training checkpoint
+            or run folder; None for the bundled model.
         tta: average the probabilities of the 8 dihedral views of each patch.
         device: "auto" (CUDA when present), "cpu" or "cuda".
         batch_size: patches per forward pass.
+        precision: "auto" (bf16 autocast + channels_last on devices that compute bf16
+            natively), "32-true" or "bf16-mixed"; see `histodetect.hardware`.
     """
 
     def __init__(
@@ -63,29 +118,61 @@ class Predictor:
         tta: bool = False,
         device: str = "auto",
         batch_size: int = 256,
+        precision: str = "auto",
     ) -> None:
         if batch_size < 1:
             raise HistodetectError(f"--batch-size must be at least 1, got {batch_size}.")
-        self.device = _device(device)
-        loaded = load_checkpoint(model_path)
-        self.model = loaded.model.to(self.device).eval()
-        self.spec: ModelSpec = loaded.spec
-        self.model_path: Path = loaded.path
-        self.metadata = loaded.metadata
+        opened = open_model(model_path, device, precision)
+        self.backend: InferenceBackend = opened.backend
+        self.spec: ModelSpec = opened.spec
+        self.model_path: Path = opened.path
+        self.metadata = opened.metadata
         self.tta = tta
         self.batch_size = batch_size
 
+    @property
+    def description(self) -> str:
+        """Where and how the model runs, e.g. "cpu, torch bf16-mixed" or "cpu, onnxruntime 1.x"."""
+        return self.backend.description
+
+    @property
+    def model(self) -> nn.Module:
+        """The PyTorch model (for Grad-CAM); an .onnx model has none.
+
+        Raises:
+            HistodetectError: When the model runs in ONNX Runtime.
+        """
+        from histodetect.inference.backends.torch import TorchBackend
+
+        if not isinstance(self.backend, TorchBackend):
+            raise HistodetectError(f"{self.model_path} runs in ONNX Runtime, which has no "
+                                   "gradients here; use the model.pt it was exported from.")  # fmt: skip
+        return self.backend.model
+
+    @property
+    def device(self) -> torch.device:
+        """The torch device the model runs on (cuda when ONNX Runtime runs on a GPU)."""
+        import torch
+
+        return torch.device(self.backend.device_name)
+
+    def logits(self, pixels: np.ndarray) -> np.ndarray:
+        """Raw logits, float32 (n,) or (n, 8) with TTA, of uint8 (n, S, S, 3) patches.
+
+        Raises:
+            HistodetectError: When the model gives NaN or inf (broken weights).
+        """
+        parts = [
+            self.backend.logits(pixels[i : i + self.batch_size], self.tta)
+            for i in range(0, len(pixels), self.batch_size)
+        ]
+        if not parts:
+            return np.zeros((0, N_TTA_VIEWS) if self.tta else (0,), dtype=np.float32)
+        return require_finite(np.concatenate(parts), self.model_path)
+
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Calibrated tumour probabilities, float64 (n,), of uint8 (n, S, S, 3) patches."""
-        logits = score_array(
-            self.model,
-            self.spec,
-            pixels,
-            tta=self.tta,
-            batch_size=self.batch_size,
-            device=self.device,
-        )
-        return logits_to_probabilities(require_finite(logits, self.model_path), self.spec)
+        return logits_to_probabilities(self.logits(pixels), self.spec)
 
     def predict_paths(
         self,
@@ -143,14 +230,6 @@ def batch_rows(batch: Batch, probabilities: np.ndarray) -> list[PredictionRow]:
         PredictionRow(pid, path, None if error else float(next(values)), error)
         for pid, path, error in zip(batch.ids, batch.paths, batch.errors, strict=True)
     ]
-
-
-def _device(name: str) -> torch.device:
-    if name not in DEVICES and not name.startswith("cuda:"):
-        raise HistodetectError(f"unknown device {name!r}; use one of {', '.join(DEVICES)}.")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HistodetectError(f"--device {name} asked for CUDA but none is available here.")
-    return pick_device(name)
 
 
 # ----------------------------------------------------------------------------- output

@@ -1,0 +1,154 @@
+"""The ONNX Runtime backend: an exported model.onnx, whose graph holds the preprocessing.
+
+Imports neither torch nor Lightning (checked by a test), so a deployment that runs only
+.onnx models needs onnxruntime and numpy. The graph takes uint8 (n, S, S, 3) RGB pixels and
+gives raw logits (n,); the ModelSpec rides in the model's metadata (`read_metadata`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from histodetect.errors import HistodetectError
+from histodetect.inference.backends import N_TTA_VIEWS, d4_view_nhwc
+
+ONNX_SUFFIX = ".onnx"
+INPUT_NAME = "pixels"
+"""Graph input: uint8 (batch, S, S, 3) RGB patches."""
+LOGITS_OUTPUT = "logits"
+"""Graph output: float32 (batch,) raw logits."""
+PROBABILITY_OUTPUT = "probability"
+"""Graph output: float32 (batch,) calibrated tumour probability sigmoid(logit / temperature)."""
+FORMAT_KEY, FORMAT = "histodetect_format", "histodetect-onnx"
+FORMAT_VERSION_KEY, FORMAT_VERSION = "histodetect_format_version", "1"
+SPEC_KEY = "model_spec"
+"""Metadata key of the ModelSpec as JSON (`ModelSpec.to_dict`): the one the backend reads."""
+MODEL_METADATA_KEY = "model_metadata"
+"""Metadata key of the source model's metadata as JSON (calibration, training provenance)."""
+INSTALL_HINT = "pip install -c constraints.txt -e '.[onnx]'"
+
+
+def is_onnx_path(path: Path | str | None) -> bool:
+    """True when `path` names an ONNX model file (by its suffix)."""
+    return path is not None and Path(path).suffix.lower() == ONNX_SUFFIX
+
+
+def require_onnxruntime() -> ModuleType:
+    """Import onnxruntime, or say which extra installs it.
+
+    Raises:
+        HistodetectError: When onnxruntime is not installed.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        raise HistodetectError(
+            f"running .onnx models needs onnxruntime: {INSTALL_HINT} (or pip install onnxruntime)."
+        ) from None
+    return onnxruntime
+
+
+def providers_for(device: str, available: list[str]) -> list[str]:
+    """ONNX Runtime execution providers for a `--device` name.
+
+    Raises:
+        HistodetectError: CUDA asked for where ONNX Runtime has no CUDA provider.
+    """
+    has_cuda = "CUDAExecutionProvider" in available
+    if device.startswith("cuda") and not has_cuda:
+        raise HistodetectError(f"--device {device} needs ONNX Runtime's CUDA provider, which this "
+                               "installation lacks (pip install onnxruntime-gpu); use --device cpu.")  # fmt: skip
+    if device == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
+def read_metadata(path: Path, metadata: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ModelSpec dict and the source model's metadata from an ONNX model's metadata_props.
+
+    Raises:
+        HistodetectError: When the file was not exported by histodetect (or by a newer one).
+    """
+    if metadata.get(FORMAT_KEY) != FORMAT or SPEC_KEY not in metadata:
+        raise HistodetectError(f"{path} is an ONNX model without histodetect metadata; "
+                               "export it with `histodetect export MODEL --format onnx`.")  # fmt: skip
+    if metadata.get(FORMAT_VERSION_KEY) != FORMAT_VERSION:
+        raise HistodetectError(f"{path} was exported in histodetect ONNX format version "
+                               f"{metadata.get(FORMAT_VERSION_KEY)}; this version reads {FORMAT_VERSION}: upgrade histodetect.")  # fmt: skip
+    try:
+        spec = json.loads(metadata[SPEC_KEY])
+        extra = json.loads(metadata.get(MODEL_METADATA_KEY, "{}"))
+    except json.JSONDecodeError:
+        raise HistodetectError(
+            f"{path} has damaged histodetect metadata; export it again."
+        ) from None
+    if not isinstance(spec, dict) or not isinstance(extra, dict):
+        raise HistodetectError(f"{path} has damaged histodetect metadata; export it again.")
+    return spec, extra
+
+
+class OnnxBackend:
+    """An exported model.onnx in an ONNX Runtime session.
+
+    Args:
+        path: the .onnx file written by `histodetect export`.
+        device: "auto" (CUDA provider when installed and usable), "cpu" or "cuda".
+
+    Attributes:
+        spec_dict: the ModelSpec as a dict (`ModelSpec.from_dict` rebuilds it).
+        metadata: the source model's metadata (calibration, training provenance).
+        patch_size_px: side of the square uint8 patches the graph takes.
+    """
+
+    def __init__(self, path: Path, device: str = "auto") -> None:
+        ort = require_onnxruntime()
+        if not path.is_file():
+            raise HistodetectError(f"model {path} does not exist.")
+        providers = providers_for(device, list(ort.get_available_providers()))
+        try:
+            self.session = ort.InferenceSession(str(path), providers=providers)
+        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+            raise HistodetectError(f"{path} cannot be loaded by ONNX Runtime "
+                                   f"({str(exc).strip()[:160]}).") from None  # fmt: skip
+        self.path = path
+        meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.spec_dict, self.metadata = read_metadata(path, meta)
+        self.patch_size_px = int(self.spec_dict.get("patch_size_px", 96))
+        on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        self.device_name = "cuda" if on_gpu else "cpu"
+        self.description = f"{self.device_name}, onnxruntime {ort.__version__}"
+
+    def logits(self, pixels: np.ndarray, tta: bool) -> np.ndarray:
+        """Raw logits, float32 (n,) or (n, 8) with TTA, of uint8 (n, S, S, 3) patches."""
+        self._check(pixels)
+        if not tta:
+            return self._run(pixels)
+        if not len(pixels):
+            return np.zeros((0, N_TTA_VIEWS), dtype=np.float32)
+        views = [self._run(d4_view_nhwc(pixels, k)) for k in range(N_TTA_VIEWS)]
+        return np.stack(views, axis=1)
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        if not len(pixels):
+            return np.zeros((0,), dtype=np.float32)
+        feed = {INPUT_NAME: np.ascontiguousarray(pixels)}
+        (logits,) = self.session.run([LOGITS_OUTPUT], feed)
+        return np.asarray(logits, dtype=np.float32).reshape(len(pixels))
+
+    def _check(self, pixels: np.ndarray) -> None:
+        size = self.patch_size_px
+        if pixels.dtype != np.uint8 or pixels.ndim != 4 or pixels.shape[3] != 3:
+            raise HistodetectError(
+                f"Expected uint8 patches of shape (N, H, W, 3), got {pixels.dtype} of shape "
+                f"{tuple(pixels.shape)}."
+            )
+        if pixels.shape[1:3] != (size, size):
+            raise HistodetectError(
+                f"Expected {size}x{size} px patches as the model was trained on, "
+                f"got {pixels.shape[1]}x{pixels.shape[2]}."
+            )
