@@ -117,6 +117,9 @@ def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
         path: model file or run folder; None loads the bundled model.
     """
     file = resolve_model_path(path)
+    if file.suffix.lower() == ".onnx":
+        raise HistodetectError(f"{file} is an ONNX model, which predict, slide and serve run; this "
+                               "command needs the model.pt it was exported from.")  # fmt: skip
     payload = _read(file)
     if payload.get("format") == FORMAT:
         spec = ModelSpec.from_dict(payload["model_spec"])

@@ -1,0 +1,222 @@
+"""ONNX export: one graph from uint8 NHWC pixels to logits and calibrated probabilities.
+
+The graph applies the model's own preprocessing (`histodetect.models.prepare_batch`: centre
+crop, scaling to [0, 1], standardisation), so a deployment feeds raw RGB patches; the batch
+size is dynamic. The ModelSpec and the source model's metadata ride in the ONNX
+metadata_props (read back by `histodetect.inference.backends.onnx.read_metadata`), beside
+plain keys (threshold, temperature, mean, std, crop, mpp, model name, version) for readers that
+do not use histodetect. Every export is checked against PyTorch before it is kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from histodetect import __version__
+from histodetect.atomic import output_lock, temp_sibling
+from histodetect.errors import HistodetectError
+from histodetect.inference.backends.onnx import (
+    FORMAT,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    FORMAT_VERSION_KEY,
+    INPUT_NAME,
+    LOGITS_OUTPUT,
+    MODEL_METADATA_KEY,
+    ONNX_SUFFIX,
+    PROBABILITY_OUTPUT,
+    SPEC_KEY,
+)
+from histodetect.models import spec as spec_module
+from histodetect.models.checkpoint import load_checkpoint
+from histodetect.models.spec import ModelSpec, logits_to_probability, prepare_batch
+
+INSTALL_HINT = "pip install -c constraints.txt -e '.[onnx]'"
+PARITY_TOLERANCE = 1e-4
+"""Largest difference of probabilities (ONNX Runtime against PyTorch, fp32) an export may show."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What `export_onnx` wrote.
+
+    Attributes:
+        path: the .onnx file.
+        spec: the exported model's ModelSpec.
+        max_probability_difference: ONNX Runtime against PyTorch on the check batch.
+        size_bytes: file size.
+    """
+
+    path: Path
+    spec: ModelSpec
+    max_probability_difference: float
+    size_bytes: int
+
+
+class DeployableModel(nn.Module):
+    """uint8 (n, S, S, 3) RGB pixels → (logits (n,), calibrated probabilities (n,)), float32.
+
+    Args:
+        model: maps (n, 3, s, s) standardised images to (n,) logits.
+        spec: its ModelSpec (preprocessing and temperature).
+    """
+
+    def __init__(self, model: nn.Module, spec: ModelSpec) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Preprocess exactly as `prepare_batch` does, run the model, calibrate."""
+        logits = self.model(prepare_batch(pixels, self.spec)).float()
+        return logits, logits_to_probability(logits, self.spec)
+
+
+def export_onnx(
+    model_path: Path | str | None, out: Path | str, *, overwrite: bool = False
+) -> ExportResult:
+    """Export a model.pt, checkpoint or run folder (None: the bundled model) to ONNX.
+
+    Raises:
+        HistodetectError: a bad --out, a missing extra, or a model that cannot be loaded.
+    """
+    out = Path(out)
+    _check_out(out, overwrite)
+    _require_exporter()
+    loaded = load_checkpoint(model_path)
+    deployable = DeployableModel(loaded.model.eval(), loaded.spec).eval()
+    program = _trace(deployable, loaded.spec.patch_size_px)
+    props = metadata_props(loaded.spec, loaded.metadata, loaded.path)
+    for key, value in props.items():
+        program.model.metadata_props[key] = value
+    with output_lock(out):
+        tmp = temp_sibling(out)
+        try:
+            program.save(str(tmp), external_data=False)
+            difference = check_parity(tmp, deployable)
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return ExportResult(out, loaded.spec, difference, out.stat().st_size)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    if out.suffix.lower() != ONNX_SUFFIX:
+        raise HistodetectError(f"--out {out} must end in {ONNX_SUFFIX}.")
+    if out.is_dir():
+        raise HistodetectError(f"--out {out} is a folder; give a file name ending in .onnx.")
+    if out.exists() and not overwrite:
+        raise HistodetectError(f"{out} already exists; choose another --out or pass --overwrite.")
+    if not out.parent.is_dir():
+        raise HistodetectError(f"--out {out}: folder {out.parent} does not exist; create it first.")
+
+
+def _require_exporter() -> None:
+    try:
+        import onnx  # noqa: F401 - the exporter needs both
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise HistodetectError(f"ONNX export needs onnx and onnxscript: {INSTALL_HINT}.") from None
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Silence the exporter's progress lines and warnings (e.g. that torchvision is absent)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _trace(deployable: DeployableModel, patch_size_px: int) -> Any:
+    """torch.export the model with a dynamic batch and translate it to ONNX."""
+    example = torch.zeros((2, patch_size_px, patch_size_px, 3), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            return torch.onnx.export(
+                deployable,
+                (example,),
+                input_names=[INPUT_NAME],
+                output_names=[LOGITS_OUTPUT, PROBABILITY_OUTPUT],
+                dynamic_shapes={"pixels": {0: batch}},
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        # prepare_batch caches its mean/std tensors; tracing cached fake ones: drop them.
+        spec_module._channel_constant.cache_clear()
+
+
+def metadata_props(spec: ModelSpec, metadata: dict[str, Any], source: Path) -> dict[str, str]:
+    """The ONNX metadata_props: the spec as JSON (what histodetect reads) and plain keys."""
+    mpp = getattr(spec, "mpp", None)
+    props = {
+        FORMAT_KEY: FORMAT,
+        FORMAT_VERSION_KEY: FORMAT_VERSION,
+        SPEC_KEY: json.dumps(spec.to_dict()),
+        MODEL_METADATA_KEY: json.dumps(metadata, default=str),
+        "histodetect_version": __version__,
+        "model_name": spec.model_name,
+        "input": f"{INPUT_NAME}: uint8 (batch, {spec.patch_size_px}, {spec.patch_size_px}, 3) RGB",
+        "outputs": f"{LOGITS_OUTPUT}: float32 (batch,); {PROBABILITY_OUTPUT}: float32 (batch,) "
+        "= sigmoid(logits / temperature), tumour if >= threshold",
+        "threshold": repr(spec.threshold),
+        "temperature": repr(spec.temperature),
+        "mean": json.dumps(list(spec.mean)),
+        "std": json.dumps(list(spec.std)),
+        "patch_size_px": str(spec.patch_size_px),
+        "crop_px": "none" if spec.crop_px is None else str(spec.crop_px),
+        "class_names": json.dumps(list(spec.class_names)),
+        "source_sha256": _sha256(source),
+    }
+    if mpp:
+        props["mpp"] = repr(float(mpp))
+    return props
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_parity(onnx_path: Path, deployable: DeployableModel, n: int = 4) -> float:
+    """Largest |p_onnx - p_torch| on `n` seeded random patches; raise above `PARITY_TOLERANCE`.
+
+    Raises:
+        RuntimeError: When the graph disagrees with PyTorch (a bug in the export).
+    """
+    from histodetect.inference.backends.onnx import OnnxBackend
+
+    size = deployable.spec.patch_size_px
+    pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    with torch.no_grad():
+        _, expected = deployable(torch.from_numpy(pixels))
+    session = OnnxBackend(onnx_path, "cpu").session
+    (got,) = session.run([PROBABILITY_OUTPUT], {INPUT_NAME: pixels})
+    difference = float(np.abs(np.asarray(got) - expected.numpy()).max())
+    if not difference <= PARITY_TOLERANCE:
+        raise RuntimeError(
+            f"the ONNX graph disagrees with PyTorch by {difference:.2e} in probability."
+        )
+    return difference

@@ -1,0 +1,138 @@
+"""`histodetect export --format onnx`: preprocessing inside the graph, spec in the metadata,
+dynamic batch, and the same probabilities as PyTorch for every registered family."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from histodetect.cli.main import main
+from histodetect.errors import HistodetectError
+from histodetect.inference.predictor import Predictor
+from histodetect.models import model_names, prepare_batch
+from histodetect.models.checkpoint import bundled_model_path, load_checkpoint
+from onnx_models import save_tiny_model
+from real_patches import valid_patches
+
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from histodetect.export import export_onnx  # noqa: E402 - after the extra's import check
+
+PARITY = 1e-4
+
+
+def _probabilities(model: Path, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+    precision = "auto" if model.suffix == ".onnx" else "32-true"
+    return Predictor(model, device="cpu", tta=tta, precision=precision).predict_pixels(pixels)
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_every_family_exports_with_its_preprocessing_and_a_dynamic_batch(
+    name: str, tmp_path: Path, rng: np.random.Generator
+) -> None:
+    if name == "timm":
+        pytest.importorskip("timm")
+    source = save_tiny_model(tmp_path / "model.pt", name, crop_px=64)
+    result = export_onnx(source, tmp_path / "model.onnx")
+    assert result.max_probability_difference <= PARITY
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    (graph_input,) = session.get_inputs()
+    assert graph_input.type == "tensor(uint8)" and graph_input.shape[1:] == [96, 96, 3]
+    loaded = load_checkpoint(source)
+    for n in (1, 5):  # batch sizes other than the one traced
+        pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+        logits, probs = session.run(["logits", "probability"], {"pixels": pixels})
+        with torch.no_grad():
+            expected = loaded.model(prepare_batch(torch.from_numpy(pixels), loaded.spec))
+        assert logits.shape == (n,)
+        np.testing.assert_allclose(logits, expected.numpy(), atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(probs, torch.sigmoid(expected / 1.7).numpy(), atol=PARITY)
+
+
+def test_metadata_carries_the_spec_and_plain_keys(tmp_path: Path) -> None:
+    source = save_tiny_model(tmp_path / "model.pt", "histocnn", crop_px=32)
+    path = export_onnx(source, tmp_path / "model.onnx").path
+    meta = ort.InferenceSession(str(path)).get_modelmeta().custom_metadata_map
+    spec = load_checkpoint(source).spec
+    assert json.loads(meta["model_spec"]) == spec.to_dict()
+    assert json.loads(meta["model_metadata"]) == {"store_fingerprint": "test"}
+    assert float(meta["threshold"]) == 0.4 and float(meta["temperature"]) == 1.7
+    assert json.loads(meta["mean"]) == [0.7, 0.55, 0.68] and meta["crop_px"] == "32"
+    assert meta["model_name"] == "histocnn" and meta["histodetect_version"]
+    assert len(meta["source_sha256"]) == 64
+    assert Predictor(path, device="cpu").spec == spec
+
+
+def test_export_leaves_the_preprocessing_cache_real(tmp_path: Path) -> None:
+    """Tracing runs prepare_batch on fake tensors; its cached mean/std must not leak out."""
+    source = save_tiny_model(tmp_path / "model.pt")
+    export_onnx(source, tmp_path / "model.onnx")
+    x = prepare_batch(torch.zeros((1, 96, 96, 3), dtype=torch.uint8), load_checkpoint(source).spec)
+    assert type(x) is torch.Tensor and np.isfinite(x.numpy()).all()
+
+
+@pytest.fixture(scope="module")
+def bundled_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "bundled.onnx"
+    assert main(["export", "--format", "onnx", "--out", str(out)]) == 0
+    return out
+
+
+def test_bundled_model_matches_pytorch_on_real_patches(
+    shared_data: Path, bundled_onnx: Path
+) -> None:
+    pixels, _ = valid_patches(shared_data, per_class=100)
+    for tta in (False, True):
+        onnx_probs = _probabilities(bundled_onnx, pixels, tta)
+        torch_probs = _probabilities(bundled_model_path(), pixels, tta)
+        assert np.abs(onnx_probs - torch_probs).max() <= PARITY
+
+
+def test_predict_runs_an_onnx_model_like_its_model_pt(
+    shared_data: Path, bundled_onnx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = shared_data / "pcam-subset" / "valid" / "1"
+    files = sorted(folder.glob("*.jpg"))[:20]
+    args = ["predict", *map(str, files), "--no-progress", "--device", "cpu", "--with-class"]
+    assert main([*args, "--model", str(bundled_onnx), "--out", str(tmp_path / "o.csv")]) == 0
+    assert "onnxruntime" in capsys.readouterr().out
+    assert main([*args, "--precision", "32-true", "--out", str(tmp_path / "t.csv")]) == 0
+    onnx_rows = (tmp_path / "o.csv").read_text().splitlines()
+    torch_rows = (tmp_path / "t.csv").read_text().splitlines()
+    assert len(onnx_rows) == 21
+    for a, b in zip(onnx_rows[1:], torch_rows[1:], strict=True):
+        (id_a, p_a, *cls_a), (id_b, p_b, *cls_b) = a.split(","), b.split(",")
+        assert id_a == id_b and abs(float(p_a) - float(p_b)) <= 2e-6 and cls_a == cls_b
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{tmp}/model.pt"], "must end in .onnx"),
+        (["--out", "{tmp}/missing/model.onnx"], "does not exist"),
+        (["{tmp}/nothing", "--out", "{tmp}/m.onnx"], "does not exist"),
+        (["{tmp}/existing.onnx", "--out", "{tmp}/m.onnx"], "is an ONNX model"),
+        (["--out", "{tmp}/existing.onnx"], "already exists"),
+    ],
+)
+def test_export_refuses_bad_arguments_in_one_sentence(
+    args: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "existing.onnx").write_bytes(b"not a model")
+    argv = ["export", *(a.format(tmp=tmp_path) for a in args)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing.onnx"]
+
+
+def test_commands_that_need_pytorch_refuse_an_onnx_model(bundled_onnx: Path) -> None:
+    with pytest.raises(HistodetectError, match=r"needs the model\.pt it was exported from"):
+        load_checkpoint(bundled_onnx)
+    with pytest.raises(HistodetectError, match="no gradients"):
+        _ = Predictor(bundled_onnx, device="cpu").model

@@ -1,0 +1,128 @@
+"""Inference backends behind the Predictor: ONNX Runtime without torch, D4 views, devices,
+precision chosen per CPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from histodetect.augment import apply_d4
+from histodetect.errors import HistodetectError
+from histodetect.inference.backends import check_device_name, d4_view_nhwc
+from histodetect.inference.backends.onnx import providers_for
+from histodetect.inference.predictor import Predictor
+from onnx_models import save_tiny_model
+
+ONNX_RUN = """
+import sys
+from pathlib import Path
+import numpy as np
+from histodetect.inference.backends.onnx import OnnxBackend
+backend = OnnxBackend(Path(sys.argv[1]), "cpu")
+pixels = np.random.default_rng(0).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+logits = backend.logits(pixels, tta=True)
+assert logits.shape == (3, 8) and np.isfinite(logits).all(), logits
+print(sorted(m for m in ("torch", "lightning", "pytorch_lightning") if m in sys.modules))
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("onnxscript")
+    from histodetect.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("onnx")
+    source = save_tiny_model(folder / "model.pt", "seed_cnn", crop_px=32)
+    return export_onnx(source, folder / "model.onnx").path
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_nhwc_views_are_the_training_d4_views(k: int, rng: np.random.Generator) -> None:
+    pixels = rng.integers(0, 256, (2, 6, 6, 3), dtype=np.uint8)
+    expected = apply_d4(torch.from_numpy(pixels).permute(0, 3, 1, 2), k).permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(d4_view_nhwc(pixels, k), expected.numpy())
+
+
+def test_onnx_backend_runs_without_importing_torch(tiny_onnx: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", ONNX_RUN, str(tiny_onnx)], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_onnx_and_torch_agree_with_tta_and_a_centre_crop(
+    tiny_onnx: Path, rng: np.random.Generator
+) -> None:
+    pixels = rng.integers(0, 256, (7, 96, 96, 3), dtype=np.uint8)
+    onnx = Predictor(tiny_onnx, device="cpu", tta=True, batch_size=3)
+    pt = Predictor(tiny_onnx.with_suffix(".pt"), device="cpu", tta=True, precision="32-true")
+    np.testing.assert_allclose(onnx.logits(pixels), pt.logits(pixels), atol=1e-4)
+    assert onnx.logits(pixels[:0]).shape == (0, 8)
+    assert "onnxruntime" in onnx.description and onnx.device == torch.device("cpu")
+
+
+def test_onnx_backend_refuses_wrong_pixels(tiny_onnx: Path) -> None:
+    predictor = Predictor(tiny_onnx, device="cpu")
+    with pytest.raises(HistodetectError, match="Expected 96x96 px patches"):
+        predictor.logits(np.zeros((1, 64, 64, 3), dtype=np.uint8))
+    with pytest.raises(HistodetectError, match="Expected uint8 patches"):
+        predictor.logits(np.zeros((1, 96, 96, 3), dtype=np.float32))
+
+
+def test_foreign_or_broken_onnx_files_are_one_sentence(tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    node = helper.make_node("Identity", ["pixels"], ["logits"])
+    graph = helper.make_graph(
+        [node],
+        "foreign",
+        [helper.make_tensor_value_info("pixels", TensorProto.UINT8, [None, 96, 96, 3])],
+        [helper.make_tensor_value_info("logits", TensorProto.UINT8, [None, 96, 96, 3])],
+    )
+    onnx.save(helper.make_model(graph), tmp_path / "foreign.onnx")
+    with pytest.raises(HistodetectError, match="without histodetect metadata"):
+        Predictor(tmp_path / "foreign.onnx", device="cpu")
+    (tmp_path / "broken.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(HistodetectError, match="cannot be loaded by ONNX Runtime"):
+        Predictor(tmp_path / "broken.onnx", device="cpu")
+    with pytest.raises(HistodetectError, match="does not exist"):
+        Predictor(tmp_path / "absent.onnx", device="cpu")
+
+
+def test_devices_are_checked_for_every_backend(tiny_onnx: Path) -> None:
+    with pytest.raises(HistodetectError, match="unknown device 'tpu'"):
+        check_device_name("tpu")
+    assert providers_for("auto", ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert providers_for("cpu", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CPUExecutionProvider"
+    ]
+    assert providers_for("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"])[0] == (
+        "CUDAExecutionProvider"
+    )
+    with pytest.raises(HistodetectError, match="onnxruntime-gpu"):
+        providers_for("cuda", ["CPUExecutionProvider"])
+    with pytest.raises(HistodetectError, match="bf16-mixed applies to PyTorch models"):
+        Predictor(tiny_onnx, precision="bf16-mixed")
+
+
+@pytest.mark.parametrize(("flag", "expected"), [("1", "bf16-mixed"), ("0", "32-true")])
+def test_auto_precision_follows_the_cpu(
+    flag: str, expected: str, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HISTODETECT_CPU_BF16", flag)
+    predictor = Predictor(tiny_onnx.with_suffix(".pt"), device="cpu")
+    assert predictor.description == f"cpu, torch {expected}"
+    first = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d))
+    channels_last = first.weight.is_contiguous(memory_format=torch.channels_last)
+    assert channels_last == (expected == "bf16-mixed")
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
+    assert predictor.predict_pixels(pixels).shape == (2,)
+    with pytest.raises(HistodetectError, match="--precision 'fp8' is not one of"):
+        Predictor(tiny_onnx.with_suffix(".pt"), precision="fp8")

@@ -1,0 +1,26 @@
+"""Tiny model files for the ONNX tests: a registered family's tiny variant saved as model.pt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from histodetect.models import ModelSpec, build_model, tiny_model_kwargs
+from histodetect.models.checkpoint import save_model
+
+
+def save_tiny_model(path: Path, name: str = "seed_cnn", crop_px: int | None = None) -> Path:
+    """Save the tiny variant of family `name` (seeded, untrained) with a non-trivial spec."""
+    torch.manual_seed(0)
+    spec = ModelSpec(
+        name,
+        tiny_model_kwargs(name),
+        crop_px=crop_px,
+        mean=(0.7, 0.55, 0.68),
+        std=(0.24, 0.28, 0.22),
+        threshold=0.4,
+        temperature=1.7,
+    )
+    save_model(path, build_model(spec).eval(), spec, {"store_fingerprint": "test"})
+    return path
