@@ -1,7 +1,10 @@
-"""Copy a calibrated run's model.pt into the package as the bundled model, stamped with its figures.
+"""Copy a calibrated model into the package as the bundled model, stamped with its figures.
 
-Usage: python scripts/bundle_model.py RUN_DIR METRICS_JSON [TTA_METRICS_JSON]
-(see scripts/train_bundled_model.sh for the whole recipe).
+Usage: python scripts/bundle_model.py MODEL METRICS_JSON [TTA_METRICS_JSON]
+MODEL is a run folder or a model.pt (an ensemble's included); see
+scripts/train_bundled_model.sh for the whole recipe. Weights are stored as float16 (half the
+size; they are cast back to float32 on load, and the model card's AUC is measured on the
+bundled file itself by tests/inference/test_bundled_model.py).
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "histodetect"
 
 
 def main(run_dir: Path, metrics_path: Path, tta_metrics_path: Path | None) -> None:
-    loaded = load_checkpoint(run_dir / "model.pt")
+    loaded = load_checkpoint(run_dir)
     if "calibration" not in loaded.metadata:
         raise SystemExit(f"{run_dir} is not calibrated: run `histodetect calibrate` first.")
+    loaded.model.half()  # float16 storage; BatchNorm's integer counters are untouched
     metrics = json.loads(metrics_path.read_text())
     figures = {key: metrics[key] for key in ("auc", "auc_ci95", "accuracy", "balanced_accuracy",
                                              "sensitivity", "specificity", "threshold", "n")}  # fmt: skip
@@ -35,7 +39,7 @@ def main(run_dir: Path, metrics_path: Path, tta_metrics_path: Path | None) -> No
     out.parent.mkdir(exist_ok=True)
     save_model(out, loaded.model, spec, metadata)
     print(
-        f"bundled {run_dir / 'model.pt'} -> {out} ({out.stat().st_size / 1e6:.1f} MB), valid AUC {metrics['auc']:.4f}"
+        f"bundled {loaded.path} -> {out} ({out.stat().st_size / 1e6:.1f} MB), valid AUC {metrics['auc']:.4f}"
     )
 
 

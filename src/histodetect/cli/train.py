@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint-every-steps", type=int, help="save last.ckpt this often (default 200)"
     )
+    parser.add_argument(
+        "--mpp", type=float, help="microns per pixel of the patches (default 0.972, PCam's)"
+    )
+    parser.add_argument(
+        "--ema-decay", type=float, help="EMA of the weights per step (default 0.998; 0 = off)"
+    )
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
     parser.add_argument("--devices", help="number of devices per node, or auto")
     parser.add_argument("--num-nodes", type=int)
@@ -121,7 +127,7 @@ def run(args: argparse.Namespace) -> int:
         overrides = {k: getattr(args, k) for k in (
             "model", "model_kwargs", "crop_px", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
             "schedule", "early_stop_patience", "valid_fraction", "max_steps_per_epoch", "accelerator",
-            "checkpoint_every_steps",
+            "checkpoint_every_steps", "mpp", "ema_decay",
             "devices", "num_nodes", "strategy", "precision", "compile")}  # fmt: skip
         overrides["augment"] = _augment(args.augment)
         overrides["seed"] = args.seed

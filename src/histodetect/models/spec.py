@@ -40,6 +40,10 @@ def _canonical_kwargs(model_kwargs: Any) -> dict[str, Any]:
     return canonical
 
 
+PCAM_MPP = 0.972
+"""Microns per pixel of PCam / Kaggle patches (Camelyon16 level 2: 4 x 0.243 um/px)."""
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """Everything needed to rebuild a model and feed it pixels exactly as in training.
@@ -55,6 +59,9 @@ class ModelSpec:
         threshold: Decision threshold on the calibrated tumour probability, in [0, 1].
         temperature: Logits are divided by this (> 0) before the sigmoid (calibration).
         class_names: Names of label 0 and label 1.
+        mpp: Microns per pixel of the patches the model was trained on (PCam and Kaggle:
+            Camelyon16 level 2, 4 x 0.243 = 0.972 um/px); whole-slide inference reads slides
+            at this resolution.
     """
 
     model_name: str
@@ -66,6 +73,7 @@ class ModelSpec:
     threshold: float = 0.5
     temperature: float = 1.0
     class_names: tuple[str, str] = ("normal", "tumour")
+    mpp: float = PCAM_MPP
 
     def __post_init__(self) -> None:
         """Validate every field and normalise containers to canonical, immutable forms."""
@@ -94,6 +102,8 @@ class ModelSpec:
         if len(names) != 2 or not all(isinstance(name, str) for name in names):
             raise HistodetectError("ModelSpec.class_names must be two strings.")
         object.__setattr__(self, "class_names", names)
+        _check_number("mpp", self.mpp, low=0.01, high=100.0)
+        object.__setattr__(self, "mpp", float(self.mpp))
 
     @property
     def input_size_px(self) -> int:
@@ -112,6 +122,7 @@ class ModelSpec:
             "threshold": self.threshold,
             "temperature": self.temperature,
             "class_names": list(self.class_names),
+            "mpp": self.mpp,
         }
 
     @classmethod

@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from histodetect.inference.predictor import Predictor
     from histodetect.models.spec import ModelSpec
 
-DEFAULT_MODEL_MPP = 0.972
-"""Microns per pixel of PCam patches (Camelyon16 level 2: 4 x 0.243 µm), for models whose
-ModelSpec records no `mpp`."""
 MIN_MASK_PX_PER_CELL = 4
 """Tissue-mask pixels along one cell side, at least (8 model px each with 32 px cells)."""
 THUMBNAIL_SIDE_PX = 1024
@@ -38,9 +35,8 @@ MIN_TISSUE_FRACTION = 0.25
 
 
 def model_mpp(spec: ModelSpec) -> float:
-    """Microns per pixel the model was trained at: the spec's `mpp` if it has one, else PCam's."""
-    value = getattr(spec, "mpp", None)
-    return float(value) if value else DEFAULT_MODEL_MPP
+    """Microns per pixel the model was trained at (`ModelSpec.mpp`; PCam's for old models)."""
+    return spec.mpp
 
 
 @dataclass

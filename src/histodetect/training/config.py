@@ -42,6 +42,8 @@ class TrainConfig:
             loses at most that much work.
         precision: "auto" (bf16-mixed on a GPU with bf16 or a CPU with native bf16, else
             32-true), "32-true" or "bf16-mixed"; see `histodetect.hardware`.
+        mpp: microns per pixel of the training patches (PCam/Kaggle: 0.972), saved in the
+            ModelSpec so whole-slide inference reads slides at the same resolution.
         ema_decay: decay of an exponential moving average of the weights (0 = off); the
             average is what validation scores, the best checkpoint keeps and model.pt holds.
         accelerator, devices, num_nodes, strategy: passed to Lightning (DDP for devices > 1).
@@ -71,6 +73,7 @@ class TrainConfig:
     checkpoint_every_steps: int = 200
     precision: str = "auto"
     ema_decay: float = 0.998
+    mpp: float = 0.972
     accelerator: str = "auto"
     devices: str = "auto"
     num_nodes: int = 1
@@ -93,6 +96,7 @@ class TrainConfig:
         _whole("--early-stop", self.early_stop_patience, 0, None)
         _whole("--num-nodes", self.num_nodes, 1, None)
         _whole("--seed", self.seed, 0, 2**32 - 1)
+        _number("--mpp", self.mpp, 0.01, 100.0)
         _number("--lr", self.lr, 0.0, MAX_LR, low_open=True)
         _number("--weight-decay", self.weight_decay, 0.0, 1.0)
         _number("warmup fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)

@@ -69,6 +69,7 @@ def _spec_for(config: TrainConfig, store: PatchStore, train_idx: Any) -> ModelSp
         crop_px=config.crop_px,
         mean=mean,
         std=std,
+        mpp=config.mpp,
     )
 
 
