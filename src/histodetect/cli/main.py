@@ -29,6 +29,7 @@ COMMANDS = {
     "slide": "histodetect.cli.slide",
     "explain": "histodetect.cli.explain",
     "serve": "histodetect.cli.serve",
+    "export": "histodetect.cli.export",
 }
 
 
