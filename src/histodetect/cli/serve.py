@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from histodetect.cli import options
+
+if TYPE_CHECKING:
+    from histodetect.serve.limits import ServeLimits
 
 HELP = "HTTP API and browser page: patch predictions, Grad-CAM and slide heatmaps (serve extra)"
 
@@ -63,12 +67,37 @@ def run(args: argparse.Namespace) -> int:
     from histodetect.serve.server import require_serve_extra
 
     require_serve_extra()
-    from histodetect.errors import HistodetectError
     from histodetect.inference.predictor import Predictor
-    from histodetect.models.checkpoint import resolve_model_path
     from histodetect.serve.app import create_app
-    from histodetect.serve.limits import ServeLimits
     from histodetect.serve.server import bind_socket, run_server, url_of
+
+    limits = _checked_limits(args)
+    sock = bind_socket(args.host, args.port)  # a busy port fails before the model loads
+    try:
+        predictor = Predictor(
+            args.model, tta=args.tta, device=args.device, batch_size=args.batch_size
+        )
+        app = create_app(predictor, limits, slides_dir=args.slides_dir, jobs_dir=args.jobs_dir)
+    except BaseException:
+        sock.close()
+        raise
+    spec = predictor.spec
+    print(
+        f"Model: {predictor.model_path.name} ({spec.model_name}, threshold {spec.threshold:.3f}"
+        f"{', TTA x8' if args.tta else ''}); micro-batching "
+        f"{'up to ' + str(limits.max_batch) + ' patches' if limits.batching else 'off'}."
+    )
+    print(f"Serving on {url_of(sock)} (API docs at {url_of(sock)}docs); Ctrl-C stops.", flush=True)
+    run_server(app, sock)
+    print("Stopped.")
+    return 0
+
+
+def _checked_limits(args: argparse.Namespace) -> ServeLimits:
+    """The limits from the options, after refusing options that cannot work."""
+    from histodetect.errors import HistodetectError
+    from histodetect.models.checkpoint import resolve_model_path
+    from histodetect.serve.limits import ServeLimits
 
     limits = ServeLimits(
         max_upload_mb=args.max_upload_mb, max_images=args.max_images,
@@ -85,16 +114,4 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.jobs_dir is not None:
         args.jobs_dir.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(args.model, tta=args.tta, device=args.device, batch_size=args.batch_size)
-    app = create_app(predictor, limits, slides_dir=args.slides_dir, jobs_dir=args.jobs_dir)
-    sock = bind_socket(args.host, args.port)
-    spec = predictor.spec
-    print(
-        f"Model: {predictor.model_path.name} ({spec.model_name}, threshold {spec.threshold:.3f}"
-        f"{', TTA x8' if args.tta else ''}); micro-batching "
-        f"{'up to ' + str(limits.max_batch) + ' patches' if limits.batching else 'off'}."
-    )
-    print(f"Serving on {url_of(sock)} (API docs at {url_of(sock)}docs); Ctrl-C stops.", flush=True)
-    run_server(app, sock)
-    print("Stopped.")
-    return 0
+    return limits

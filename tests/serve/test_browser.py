@@ -1,0 +1,138 @@
+"""The page in a real browser: a `histodetect serve` process on 127.0.0.1, headless Chromium
+(Debian's chromium + chromium-driver, driven by Selenium) uploading real PCam patches through
+the file input; the probabilities it shows must be the CLI's. Saves a screenshot."""
+
+from __future__ import annotations
+
+import csv
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from histodetect.cli.main import main
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--disable-dev-shm-usage", "--window-size=1200,1600",
+)  # fmt: skip
+
+pytestmark = [
+    pytest.mark.skipif(
+        not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+        reason="needs Debian's chromium and chromium-driver (apt-get install chromium "
+        "chromium-driver; .ci/run installs them)",
+    ),
+]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[str]:
+    """A real `histodetect serve` on a free port of 127.0.0.1; yields its URL."""
+    log = (tmp_path / "serve.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "histodetect", "serve", "--port", "0", "--device", "cpu"],
+        stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        yield _wait_for_url(process, tmp_path / "serve.log")
+    finally:
+        process.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        stdout, _ = process.communicate(timeout=30)
+        log.close()
+    assert process.returncode == 0, (tmp_path / "serve.log").read_text()
+    assert stdout.strip().endswith("Stopped.")
+
+
+def _wait_for_url(process: subprocess.Popen[str], log: Path, timeout_s: float = 60) -> str:
+    assert process.stdout is not None
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            raise AssertionError(f"histodetect serve exited: {log.read_text()}")
+        found = re.search(r"Serving on (http://127\.0\.0\.1:\d+/)", line)
+        if found:
+            return found.group(1)
+    raise AssertionError("histodetect serve printed no URL")
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium (dev extra)")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _cli_probabilities(paths: list[Path], out: Path) -> dict[str, float]:
+    assert (
+        main(["predict", *map(str, paths), "--out", str(out), "--no-progress", "--device", "cpu"])
+        == 0
+    )
+    with out.open() as f:
+        return {row["id"]: float(row["label"]) for row in csv.DictReader(f)}
+
+
+def _rows(driver: Any) -> list[dict[str, str]]:
+    script = """return Array.from(document.querySelectorAll('#results tbody tr')).map(r => ({
+        id: r.querySelector('.id').textContent, state: r.dataset.state,
+        shown: (r.querySelector('.probability') || {}).textContent || '',
+        text: r.textContent, overlays: r.querySelectorAll('.overlay img').length}))"""
+    rows: list[dict[str, str]] = driver.execute_script(script)
+    return rows
+
+
+def test_the_page_shows_the_cli_probabilities(
+    server: str, browser: Any, valid_patches: list[Path], tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    patches = valid_patches[:3] + valid_patches[-3:]
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("this is not an image")
+    browser.get(server)
+    wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+    wait.until(lambda d: d.find_element(By.ID, "model-line").text.startswith("Model "))
+    browser.find_element(By.ID, "files").send_keys(
+        "\n".join(str(p) for p in [*patches, not_an_image])
+    )
+    wait.until(lambda d: len(_rows(d)) == 7 and all(r["state"] != "pending" for r in _rows(d)))
+    wait.until(lambda d: sum(r["overlays"] for r in _rows(d)) == len(patches))  # Grad-CAM shown
+    rows = {row["id"]: row for row in _rows(browser)}
+    expected = _cli_probabilities(patches, tmp_path / "cli.csv")
+    for patch_id, probability in expected.items():
+        assert rows[patch_id]["state"] == "done"
+        assert rows[patch_id]["shown"] == f"{probability:.6f}"  # the CSV's 6 decimals, exactly
+    failed = rows["notes"]
+    assert (
+        failed["state"] == "failed"
+        and "notes.png is not a PNG, JPEG or TIFF image" in failed["text"]
+    )
+    screenshot = tmp_path / "serve-page.png"
+    assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+    browser.find_element(By.CSS_SELECTOR, "#model-card summary").click()
+    assert "threshold" in browser.find_element(By.ID, "model-card-body").text
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(screenshot, ARTIFACTS / screenshot.name)

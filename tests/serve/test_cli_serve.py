@@ -1,0 +1,57 @@
+"""`histodetect serve`'s command line: refusals are one sentence and exit 2, before any port
+is taken; a busy port is named."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from histodetect.cli.main import main
+from histodetect.serve.limits import ServeLimits
+from histodetect.serve.server import bind_socket, url_of
+
+
+def test_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = tmp_path / "last.ckpt"
+    ckpt.write_bytes(b"not used")
+    cases = [
+        (["--slides-dir", str(tmp_path / "missing")], "--slides-dir"),
+        (["--model", str(ckpt)], "training checkpoint"),
+        (["--max-images", "0"], "--max-images"),
+        (["--max-upload-mb", "-1"], "--max-upload-mb"),
+        (["--port", "70000"], "--port"),
+        (["--host", "no-such-host.invalid"], "--host"),
+    ]
+    for extra, words in cases:
+        assert main(["serve", "--device", "cpu", *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("histodetect serve: error: ") and words in err, err
+        assert len(err.splitlines()) == 1
+
+
+def test_a_busy_port_is_named(capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["serve", "--device", "cpu", "--port", str(port)]) == 2
+    err = capsys.readouterr().err
+    assert f"port {port} on 127.0.0.1 is in use" in err
+
+
+def test_bind_socket_picks_a_free_port_and_prints_its_url() -> None:
+    sock = bind_socket("127.0.0.1", 0)
+    try:
+        assert url_of(sock).startswith("http://127.0.0.1:") and not url_of(sock).endswith(":0/")
+    finally:
+        sock.close()
+
+
+def test_limits_refuse_a_queue_smaller_than_a_request() -> None:
+    with pytest.raises(Exception, match="--max-images"):
+        ServeLimits(max_images=300, max_queue=100)
+    assert ServeLimits().body_limit_bytes("/v1/slides") > ServeLimits().body_limit_bytes(
+        "/v1/predict"
+    )

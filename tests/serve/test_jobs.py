@@ -1,0 +1,163 @@
+"""Slide jobs over HTTP: upload or name a slide, poll progress, fetch the outputs; names that
+leave --slides-dir, bad slides and a full job queue are refused with a sentence."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from histodetect.serve.limits import ServeLimits
+from slidefiles import LEVEL0_MPP, canvas, write_pyramid
+
+pytest.importorskip("shapely", reason="slides need the slides extra")
+STRIDE = {"stride_px": "96"}  # one tile per patch of the layout: a quick job
+
+
+@pytest.fixture(scope="module")
+def slides_dir(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """layout.tif (real PCam valid patches, a tumour block) and blank.tif (glass only)."""
+    folder = tmp_path_factory.mktemp("slides")
+    image, _ = canvas(shared_data)
+    write_pyramid(folder / "layout.tif", image.repeat(2, axis=0).repeat(2, axis=1), LEVEL0_MPP)
+    blank = np.full((512, 512, 3), 240, dtype=np.uint8)
+    write_pyramid(folder / "blank.tif", blank, LEVEL0_MPP, n_levels=1)
+    Image.fromarray(image[:384, :384]).save(folder / "no-mpp.png")
+    (folder / "sub").mkdir()
+    return folder
+
+
+def wait_for(client: Any, url: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        job = client.get(url).json()
+        seen.append(job["progress"])
+        if job["status"] in ("done", "failed"):
+            assert seen == sorted(seen)  # progress never goes back
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {url} did not finish in {timeout_s} s")
+
+
+def test_an_uploaded_slide_becomes_heatmap_regions_and_summary(
+    make_client: Any, slides_dir: Path, bundled: Any
+) -> None:
+    client = make_client()
+    slide = slides_dir / "layout.tif"
+    files = {"file": ("my slide.tif", slide.read_bytes(), "image/tiff")}
+    accepted = client.post("/v1/slides", files=files, data=STRIDE)
+    assert accepted.status_code == 202, accepted.text
+    job = wait_for(client, accepted.json()["url"])
+    assert job["status"] == "done" and job["error"] is None, job
+    assert job["progress"] == 1.0 and job["slide"] == "my slide.tif"
+    summary = job["summary"]
+    # the progress counts exactly the tiles the analysis scores (at most one per patch)
+    assert job["tiles_total"] == job["tiles_scored"] == summary["n_tiles"]
+    assert 60 <= summary["n_tiles"] <= 120
+    assert summary["max_probability"] >= bundled.spec.threshold and summary["n_regions"] >= 1
+    text = json.dumps(job)
+    assert str(client.app.state.context.jobs.jobs_dir) not in text and "/tmp/" not in text
+    overlay = client.get(job["links"]["overlay"])
+    assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+    regions = client.get(job["links"]["regions"]).json()
+    assert regions["type"] == "FeatureCollection" and regions["features"]
+    assert client.get(job["links"]["summary"]).json()["n_tiles"] == summary["n_tiles"]
+    assert client.get(job["links"]["report"]).text.lstrip().lower().startswith("<!doctype html")
+    # the uploaded copy is gone once the job is done; the results stay
+    job_folder = client.app.state.context.jobs.get(job["id"]).folder
+    assert not list(job_folder.glob("upload/*")) and list(job_folder.glob("result/*/heatmap.png"))
+
+
+def test_slides_named_inside_slides_dir(make_client: Any, slides_dir: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "secret.tif"
+    outside.write_bytes((slides_dir / "blank.tif").read_bytes())
+    link = slides_dir / "sub" / "link.tif"
+    if not link.is_symlink():
+        link.symlink_to(outside)
+    client = make_client(slides_dir=slides_dir)
+    listed = client.get("/v1/slides").json()["slides"]
+    assert "layout.tif" in listed and "sub/link.tif" not in listed
+    accepted = client.post("/v1/slides", data={"name": "layout.tif", **STRIDE})
+    assert accepted.status_code == 202, accepted.text
+    assert wait_for(client, accepted.json()["url"])["status"] == "done"
+    for name in (
+        "../secret.tif",
+        str(outside),
+        "sub/../../secret.tif",
+        "sub/link.tif",
+        ".hidden.tif",
+        "sub\\..\\x.tif",
+    ):
+        refused = client.post("/v1/slides", data={"name": name})
+        assert refused.status_code == 422, (name, refused.text)
+        assert refused.json()["file"] == name and str(slides_dir) not in refused.json()["error"]
+    missing = client.post("/v1/slides", data={"name": "nope.tif"})
+    assert missing.status_code == 404 and "nope.tif" in missing.json()["error"]
+    no_dir = make_client()  # without --slides-dir only uploads are taken
+    assert no_dir.post("/v1/slides", data={"name": "layout.tif"}).status_code == 422
+    assert no_dir.get("/v1/slides").json()["slides"] == []
+
+
+def test_bad_slides_are_refused_in_the_request(make_client: Any, slides_dir: Path) -> None:
+    client = make_client()
+    jobs_dir = client.app.state.context.jobs.jobs_dir
+    text = client.post(
+        "/v1/slides", files={"file": ("notes.svs", b"not a slide at all", "image/tiff")}
+    )
+    assert text.status_code == 415 and text.json()["file"] == "notes.svs"
+    png = (slides_dir / "no-mpp.png").read_bytes()
+    no_mpp = client.post("/v1/slides", files={"file": ("scan.png", png, "image/png")})
+    assert no_mpp.status_code == 422, no_mpp.text
+    error = no_mpp.json()["error"]
+    assert (
+        error.startswith("scan.png records no resolution")
+        and "mpp" in error
+        and "--mpp" not in error
+    )
+    assert str(jobs_dir) not in error
+    assert not any(jobs_dir.iterdir())  # refused jobs leave no folder behind
+    neither = client.post("/v1/slides", data={"mpp": "0.5"})
+    assert neither.status_code == 422 and "either" in neither.json()["error"]
+    with_mpp = client.post(
+        "/v1/slides",
+        files={"file": ("scan.png", png, "image/png")},
+        data={"mpp": "0.972", **STRIDE},
+    )
+    assert with_mpp.status_code == 202
+    assert wait_for(client, with_mpp.json()["url"])["status"] == "done"
+
+
+def test_a_slide_without_tissue_fails_with_a_sentence(make_client: Any, slides_dir: Path) -> None:
+    client = make_client()
+    blank = {"file": ("glass.tif", (slides_dir / "blank.tif").read_bytes(), "image/tiff")}
+    job = wait_for(client, client.post("/v1/slides", files=blank).json()["url"])
+    assert job["status"] == "failed" and job["links"] == {}
+    assert job["error"].startswith("glass.tif shows no tissue"), job["error"]
+    assert client.get(f"/v1/jobs/{job['id']}/files/overlay").status_code == 409
+
+
+def test_jobs_unknown_unfinished_and_too_many(make_client: Any, slides_dir: Path) -> None:
+    client = make_client(limits=ServeLimits(max_jobs=1))
+    jobs = client.app.state.context.jobs
+    waiting = jobs.create("queued.tif")  # holds the only place, never started
+    assert client.get(f"/v1/jobs/{waiting.id}").json()["stage"] == "queued"
+    assert client.get(f"/v1/jobs/{waiting.id}/files/overlay").status_code == 409
+    assert client.get(f"/v1/jobs/{waiting.id}/files/passwd").status_code == 404
+    assert client.get("/v1/jobs/0123abc").status_code == 404
+    busy = client.post(
+        "/v1/slides",
+        files={"file": ("a.tif", (slides_dir / "layout.tif").read_bytes(), "image/tiff")},
+    )
+    assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    too_big = make_client(limits=ServeLimits(max_slide_mb=0.01))
+    big = too_big.post(
+        "/v1/slides",
+        files={"file": ("a.tif", (slides_dir / "layout.tif").read_bytes(), "image/tiff")},
+    )
+    assert big.status_code == 413
