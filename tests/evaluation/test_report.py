@@ -132,3 +132,29 @@ def test_no_curves_and_no_false_negatives(tmp_path: Path) -> None:
     assert "No false negatives at this threshold." in html
     assert "Training curves" not in html
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_error_galleries_gain_gradcam_overlays(tmp_path: Path) -> None:
+    seen: list[int] = []
+
+    def explain(pixels: np.ndarray) -> list[np.ndarray]:
+        seen.append(len(pixels))
+        return [255 - p for p in pixels]  # any RGB image per patch
+
+    inputs = dataclasses.replace(make_inputs(n=40, seed=2), explain_pixels=explain)
+    html = write_report(tmp_path / "with", inputs, gallery_size=4).read_text(encoding="utf-8")
+    assert seen and all(0 < n <= 4 for n in seen)
+    assert (tmp_path / "with" / "false_positives_gradcam.png").is_file()
+    assert "Grad-CAM of the false positives" in html
+
+
+def test_missing_gradcam_dependency_is_a_note_not_a_failure(tmp_path: Path) -> None:
+    from histodetect.errors import HistodetectError
+
+    def explain(pixels: np.ndarray) -> list[np.ndarray]:
+        raise HistodetectError("Grad-CAM needs captum: pip install 'histodetect[explain]'.")
+
+    inputs = dataclasses.replace(make_inputs(n=40, seed=2), explain_pixels=explain)
+    html = write_report(tmp_path, inputs, gallery_size=4).read_text(encoding="utf-8")
+    assert "No Grad-CAM overlays: Grad-CAM needs captum" in html
+    assert not list(tmp_path.glob("*_gradcam.png"))

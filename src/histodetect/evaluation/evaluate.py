@@ -242,6 +242,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def _overlays(loaded: LoadedModel, pixels: np.ndarray) -> list[np.ndarray]:
+    from histodetect.explain.gradcam import gradcam_overlays
+
+    return gradcam_overlays(loaded.model, loaded.spec, pixels)
+
+
 def _write_report(out: Path, metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray,
                   store: PatchStore, split: EvalSplit, loaded: LoadedModel) -> Path:  # fmt: skip
     from histodetect.evaluation.report import ReportInputs, write_report
@@ -256,5 +262,6 @@ def _write_report(out: Path, metrics: dict[str, Any], labels: np.ndarray, probs:
         origins=store.manifest.origins[split.indices],
         read_pixels=lambda idx: store.read(split.indices[np.asarray(idx)]),
         training_curves=read_epoch_metrics(run_dir) if run_dir else {},
+        explain_pixels=lambda pixels: _overlays(loaded, pixels),
     )
     return write_report(out, inputs)

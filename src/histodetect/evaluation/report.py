@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from histodetect.errors import HistodetectError
 from histodetect.evaluation import plots
 
 REPORT_FILE = "report.html"
@@ -51,6 +52,8 @@ class ReportInputs:
         origins: (n,) str source path or "file.h5#row".
         read_pixels: indices into the n patches -> uint8 (k, 96, 96, 3).
         training_curves: series name -> [(epoch, value)]; may be empty.
+        explain_pixels: uint8 (k, 96, 96, 3) -> k Grad-CAM overlays (uint8 RGB), or None;
+            when given, each error gallery gains a gallery of overlays.
     """
 
     metrics: dict[str, Any]
@@ -60,6 +63,7 @@ class ReportInputs:
     origins: np.ndarray
     read_pixels: Callable[[np.ndarray], np.ndarray]
     training_curves: dict[str, list[tuple[int, float]]]
+    explain_pixels: Callable[[np.ndarray], list[np.ndarray]] | None = None
 
 
 def most_confident_errors(
@@ -202,7 +206,9 @@ def _gallery(out_dir: Path, inputs: ReportInputs, picks: np.ndarray, kind: str) 
     probs = np.asarray(inputs.probabilities, dtype=float)[picks]
     ids = [str(inputs.ids[i]) for i in picks]
     captions = [f"p={p:.3f}\n{i[:8]}" for p, i in zip(probs, ids, strict=True)]
-    plots.plot_gallery(inputs.read_pixels(picks), captions, f"Most confident {kind}", path)
+    pixels = inputs.read_pixels(picks)
+    plots.plot_gallery(pixels, captions, f"Most confident {kind}", path)
+    overlays = _gradcam_gallery(out_dir, inputs, pixels, captions, kind)
     rows = "".join(
         f'<tr><td class="num">{int(i)}</td><td><code>{escape(pid)}</code></td>'
         f'<td class="num">{p:.4f}</td><td>{escape(str(inputs.origins[i]))}</td></tr>'
@@ -212,8 +218,25 @@ def _gallery(out_dir: Path, inputs: ReportInputs, picks: np.ndarray, kind: str) 
     return (
         f"<h2>Most confident {kind} ({len(picks)})</h2>"
         f"{_figure(path, kind, 'Green box: the centre 32x32 px that decides the label.')}"
-        f"<details><summary>ids and origins</summary>{table}</details>"
+        f"{overlays}<details><summary>ids and origins</summary>{table}</details>"
     )
+
+
+def _gradcam_gallery(out_dir: Path, inputs: ReportInputs, pixels: np.ndarray,
+                     captions: list[str], kind: str) -> str:  # fmt: skip
+    """The Grad-CAM gallery of one error gallery's patches; "" (with a note) when unavailable."""
+    path = out_dir / f"{kind.replace(' ', '_')}_gradcam.png"
+    if inputs.explain_pixels is None:
+        path.unlink(missing_ok=True)
+        return ""
+    try:
+        overlays = np.stack(inputs.explain_pixels(pixels))
+    except HistodetectError as exc:  # e.g. the explain extra (captum) is not installed
+        path.unlink(missing_ok=True)
+        return f'<p class="muted">No Grad-CAM overlays: {escape(str(exc))}</p>'
+    plots.plot_gallery(overlays, captions, f"Grad-CAM of the {kind}", path)
+    caption = "Grad-CAM: red = the pixels that drove the model's decision."
+    return _figure(path, f"Grad-CAM of the {kind}", caption)
 
 
 def _draw_figures(out_dir: Path, inputs: ReportInputs) -> dict[str, Path]:
