@@ -202,6 +202,10 @@ def test_limits_on_requests(
         files=[("files", ("wide.png", png_bytes(random_patch(rng, 128)), "image/png"))],
     )
     assert pixels.status_code == 413 and pixels.json()["file"] == "wide.png"
+    together = ServeLimits(max_request_pixels=2 * 96 * 96)
+    three = [upload(p) for p in valid_patches[:3]]
+    too_much = make_client(limits=together).post("/v1/predict", files=three)
+    assert too_much.status_code == 413 and "together" in too_much.json()["error"]
     big_body = [
         ("files", (f"{i}.png", png_bytes(random_patch(rng)), "image/png")) for i in range(3)
     ]

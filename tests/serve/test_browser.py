@@ -113,7 +113,7 @@ def test_the_page_shows_the_cli_probabilities(
     not_an_image = tmp_path / "notes.png"
     not_an_image.write_text("this is not an image")
     browser.get(server)
-    wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+    wait = WebDriverWait(browser, 180, poll_frequency=0.2)  # generous: CI may be loaded
     wait.until(lambda d: d.find_element(By.ID, "model-line").text.startswith("Model "))
     browser.find_element(By.ID, "files").send_keys(
         "\n".join(str(p) for p in [*patches, not_an_image])

@@ -162,9 +162,10 @@ async def predict(
     """Calibrated tumour probabilities of patch images, equal to `histodetect predict`'s."""
     uploads = [Upload(file.filename or "", await file.read()) for file in files]
     size = context.predictor.spec.patch_size_px
-    ids, pixels = await run_in_threadpool(
-        decode_patches, uploads, size, context.limits, resize, center_crop
-    )
+    async with context.decoding:
+        ids, pixels = await run_in_threadpool(
+            decode_patches, uploads, size, context.limits, resize, center_crop
+        )
     probabilities = await context.batcher.predict(pixels)
     return PredictResponse(predictions=context.predictions(ids, probabilities), model=context.brief)
 
@@ -176,7 +177,8 @@ async def explain(
     """Probability and Grad-CAM overlay (PNG) of one patch."""
     upload = Upload(file.filename or "", await file.read())
     size = context.predictor.spec.patch_size_px
-    ids, pixels = await run_in_threadpool(decode_patches, [upload], size, context.limits)
+    async with context.decoding:
+        ids, pixels = await run_in_threadpool(decode_patches, [upload], size, context.limits)
     return await context.batcher.run(lambda: context.explain(ids[0], pixels))
 
 

@@ -3,10 +3,11 @@ small translations from their results into response bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +37,7 @@ class ServerContext:
         jobs: slide jobs.
         limits: what requests may ask for.
         slides_dir: the folder slide names refer to; None when slides must be uploaded.
+        decoding: held while a request's uploads are decoded (bounds memory).
     """
 
     predictor: Predictor
@@ -43,6 +45,11 @@ class ServerContext:
     jobs: SlideJobs
     limits: ServeLimits
     slides_dir: Path | None = None
+    decoding: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        """At most `limits.max_decoding` requests hold decoded pixels at once."""
+        self.decoding = asyncio.Semaphore(self.limits.max_decoding)
 
     @property
     def brief(self) -> ModelBrief:

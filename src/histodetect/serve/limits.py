@@ -36,6 +36,9 @@ class ServeLimits:
         max_images: most patch files in one request.
         max_image_pixels: most pixels (width x height) of one patch file, checked from its
             header before it is decoded (decompression bombs).
+        max_request_pixels: most pixels of all files of one request together.
+        max_decoding: requests decoded at once (each holds up to `max_request_pixels` x 3
+            bytes while it is decoded).
         max_slide_mb: largest slide upload, MiB.
         max_batch: most patches in one shared forward pass.
         max_wait_ms: how long a forward pass waits for more requests, ms.
@@ -47,7 +50,9 @@ class ServeLimits:
 
     max_upload_mb: float = 32.0
     max_images: int = 256
-    max_image_pixels: int = 4096 * 4096
+    max_image_pixels: int = 2048 * 2048
+    max_request_pixels: int = 32 << 20
+    max_decoding: int = 4
     max_slide_mb: float = 4096.0
     max_batch: int = 256
     max_wait_ms: float = 5.0
@@ -64,6 +69,8 @@ class ServeLimits:
                 raise HistodetectError(f"{option} must be positive, got {value}.")
         for option, number in (("--max-images", self.max_images), ("--max-batch", self.max_batch),
                                ("max_image_pixels", self.max_image_pixels),
+                               ("max_request_pixels", self.max_request_pixels),
+                               ("max_decoding", self.max_decoding),
                                ("max_inflight", self.max_inflight), ("max_jobs", self.max_jobs)):  # fmt: skip
             if number < 1:
                 raise HistodetectError(f"{option} must be at least 1, got {number}.")

@@ -70,21 +70,18 @@ def decode_patches(
     """
     from histodetect.inference.inputs import decode_files
 
-    if not uploads:
-        raise ApiError(422, "the request holds no files; send patches in the form field 'files'.")
-    if len(uploads) > limits.max_images:
+    _check_request(uploads, limits, resize, center_crop)
+    checked = [check_patch_file(upload, limits) for upload in uploads]
+    total = sum(pixels for _, pixels in checked)
+    if total > limits.max_request_pixels:
         raise ApiError(
-            413, f"{len(uploads)} files in one request; this server takes at most "
-            f"{limits.max_images} (--max-images): split them over several requests.",
+            413, f"the {len(uploads)} files hold {total:,} pixels together, more than this "
+            f"server decodes for one request ({limits.max_request_pixels:,}); send fewer.",
         )  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="histodetect-serve-") as tmp:
-        paths = []
-        for number, upload in enumerate(uploads):
-            suffix = check_patch_file(upload, limits)
-            paths.append(Path(tmp) / f"{number:05d}{suffix}")
-            paths[-1].write_bytes(upload.data)
-        if resize and center_crop:
-            raise ApiError(422, "choose one of resize and center_crop, not both.")
+        paths = [Path(tmp) / f"{i:05d}{suffix}" for i, (suffix, _) in enumerate(checked)]
+        for path, upload in zip(paths, uploads, strict=True):
+            path.write_bytes(upload.data)
         batch = decode_files(paths, size_px, resize=resize, center_crop=center_crop)
     for upload, path, error in zip(uploads, paths, batch.errors, strict=True):
         if error is not None:
@@ -94,8 +91,23 @@ def decode_patches(
     return [patch_id(upload.name) for upload in uploads], batch.pixels
 
 
-def check_patch_file(upload: Upload, limits: ServeLimits) -> str:
-    """The suffix for an upload's content, after checking its format and pixel count.
+def _check_request(
+    uploads: list[Upload], limits: ServeLimits, resize: bool, center_crop: bool
+) -> None:
+    if not uploads:
+        raise ApiError(422, "the request holds no files; send patches in the form field 'files'.")
+    if len(uploads) > limits.max_images:
+        raise ApiError(
+            413, f"{len(uploads)} files in one request; this server takes at most "
+            f"{limits.max_images} (--max-images): split them over several requests.",
+        )  # fmt: skip
+    if resize and center_crop:
+        raise ApiError(422, "choose one of resize and center_crop, not both.")
+
+
+def check_patch_file(upload: Upload, limits: ServeLimits) -> tuple[str, int]:
+    """The suffix for an upload's content and its pixel count (0 when its header is not
+    readable: decoding will say why), after checking its format and size.
 
     Raises:
         ApiError: 422 empty, 415 not PNG/JPEG/TIFF, 413 more than `max_image_pixels` pixels.
@@ -116,7 +128,7 @@ def check_patch_file(upload: Upload, limits: ServeLimits) -> str:
             f"({limits.max_image_pixels:,} pixels); send patches, or a whole slide to /v1/slides.",
             name,
         )  # fmt: skip
-    return suffix
+    return suffix, pixels[0] if pixels is not None else 0
 
 
 def image_pixels(data: bytes) -> tuple[int, str] | None:
