@@ -208,3 +208,34 @@ def test_nan_probabilities_never_become_a_score() -> None:
         compute_auc(labels, probs)
     with pytest.raises(HistodetectError, match="NaN"):
         compute_metrics(labels, probs, 0.5)
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_read_only_out_is_one_sentence(
+    command: str, store: Path, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import os
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    chattr = shutil.which("chattr")
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+    elif not chattr or subprocess.run([chattr, "+i", str(folder)]).returncode != 0:
+        pytest.skip("cannot make a folder read-only here (root without chattr +i)")
+    try:
+        out = folder / ("p.csv" if command == "predict" else "report")
+        argv = (["predict", str(store), "--model", str(run), "--out", str(out), "--no-progress"]
+                if command == "predict" else
+                ["evaluate", str(run), "--data", str(store), "--out", str(out)])  # fmt: skip
+        capsys.readouterr()
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err and "internal error" not in err, err
+        assert str(folder) in err and len(err.strip().splitlines()) == 1, err
+        assert list(folder.iterdir()) == []
+    finally:
+        if os.geteuid() == 0 and chattr:
+            subprocess.run([chattr, "-i", str(folder)], check=False)
+        folder.chmod(0o755)
