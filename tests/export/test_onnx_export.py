@@ -12,6 +12,7 @@ import torch
 
 from histodetect.cli.main import main
 from histodetect.errors import HistodetectError
+from histodetect.evaluation.metrics import compute_auc
 from histodetect.inference.predictor import Predictor
 from histodetect.models import model_names, prepare_batch
 from histodetect.models.checkpoint import bundled_model_path, load_checkpoint
@@ -24,6 +25,7 @@ pytest.importorskip("onnxscript")
 from histodetect.export import export_onnx  # noqa: E402 - after the extra's import check
 
 PARITY = 1e-4
+INT8_MAX_AUC_LOSS = 0.002
 
 
 def _probabilities(model: Path, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
@@ -136,3 +138,30 @@ def test_commands_that_need_pytorch_refuse_an_onnx_model(bundled_onnx: Path) -> 
         load_checkpoint(bundled_onnx)
     with pytest.raises(HistodetectError, match="no gradients"):
         _ = Predictor(bundled_onnx, device="cpu").model
+
+
+def test_int8_keeps_the_auc_on_real_patches(
+    shared_data: Path, bundled_onnx: Path, tmp_path: Path
+) -> None:
+    train = shared_data / "pcam-subset" / "train"
+    files = [f for label in "01" for f in sorted((train / label).glob("*.jpg"))[:128]]
+    result = export_onnx(None, tmp_path / "int8.onnx", int8_calibration=files)
+    assert result.precision == "int8" and result.size_bytes < bundled_onnx.stat().st_size / 2
+    meta = ort.InferenceSession(str(result.path)).get_modelmeta().custom_metadata_map
+    assert meta["precision"] == "int8" and "model_spec" in meta
+    pixels, labels = valid_patches(shared_data, per_class=300)
+    int8_probs = _probabilities(result.path, pixels)
+    fp32_probs = _probabilities(bundled_onnx, pixels)
+    assert 0 < np.abs(int8_probs - fp32_probs).max() < 0.1  # > 0: it really is another graph
+    assert compute_auc(labels, int8_probs) >= compute_auc(labels, fp32_probs) - INT8_MAX_AUC_LOSS
+
+
+def test_int8_without_usable_calibration_patches_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = save_tiny_model(tmp_path / "model.pt")
+    (tmp_path / "empty").mkdir()
+    argv = ["export", str(source), "--out", str(tmp_path / "m.onnx")]
+    assert main([*argv, "--int8-calibration", str(tmp_path / "empty")]) == 2
+    assert "holds no" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()

@@ -15,7 +15,7 @@ import hashlib
 import json
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from histodetect import __version__
-from histodetect.atomic import output_lock, temp_sibling
+from histodetect.atomic import output_lock, scratch_dir, temp_sibling
 from histodetect.errors import HistodetectError
 from histodetect.inference.backends.onnx import (
     FORMAT,
@@ -46,6 +46,9 @@ from histodetect.models.spec import ModelSpec, logits_to_probability, prepare_ba
 INSTALL_HINT = "pip install -c constraints.txt -e '.[onnx]'"
 PARITY_TOLERANCE = 1e-4
 """Largest difference of probabilities (ONNX Runtime against PyTorch, fp32) an export may show."""
+INT8_TOLERANCE = 0.1
+"""Largest difference of probabilities an int8 export may show on its calibration patches
+(a guard against a broken quantisation; about 0.02 was measured on real patches)."""
 
 
 @dataclass(frozen=True)
@@ -55,14 +58,17 @@ class ExportResult:
     Attributes:
         path: the .onnx file.
         spec: the exported model's ModelSpec.
-        max_probability_difference: ONNX Runtime against PyTorch on the check batch.
+        max_probability_difference: ONNX Runtime against PyTorch fp32 on the check patches
+            (seeded random ones, or the calibration patches for int8).
         size_bytes: file size.
+        precision: "float32" or "int8".
     """
 
     path: Path
     spec: ModelSpec
     max_probability_difference: float
     size_bytes: int
+    precision: str
 
 
 class DeployableModel(nn.Module):
@@ -85,31 +91,57 @@ class DeployableModel(nn.Module):
 
 
 def export_onnx(
-    model_path: Path | str | None, out: Path | str, *, overwrite: bool = False
+    model_path: Path | str | None,
+    out: Path | str,
+    *,
+    overwrite: bool = False,
+    int8_calibration: Sequence[Path | str] = (),
 ) -> ExportResult:
     """Export a model.pt, checkpoint or run folder (None: the bundled model) to ONNX.
 
+    Args:
+        int8_calibration: inputs as predict takes them (files, folders, stores); when given,
+            the graph is quantised to int8 with ranges measured on patches from them.
+
     Raises:
-        HistodetectError: a bad --out, a missing extra, or a model that cannot be loaded.
+        HistodetectError: a bad --out, a missing extra, a model that cannot be loaded, or an
+            int8 model that strays from fp32.
     """
     out = Path(out)
     _check_out(out, overwrite)
     _require_exporter()
     loaded = load_checkpoint(model_path)
     deployable = DeployableModel(loaded.model.eval(), loaded.spec).eval()
+    calibration = None
+    if int8_calibration:
+        from histodetect.export.quantize import calibration_patches
+
+        calibration = calibration_patches(int8_calibration, loaded.spec.patch_size_px)
+    precision = "float32" if calibration is None else "int8"
     program = _trace(deployable, loaded.spec.patch_size_px)
-    props = metadata_props(loaded.spec, loaded.metadata, loaded.path)
+    props = metadata_props(loaded.spec, loaded.metadata, loaded.path, precision)
     for key, value in props.items():
         program.model.metadata_props[key] = value
-    with output_lock(out):
+    with output_lock(out), scratch_dir(out) as scratch:
         tmp = temp_sibling(out)
         try:
-            program.save(str(tmp), external_data=False)
-            difference = check_parity(tmp, deployable)
+            _write(program, scratch / "fp32.onnx", tmp, calibration)
+            difference = check_parity(tmp, deployable, calibration)
             tmp.replace(out)
         finally:
             tmp.unlink(missing_ok=True)
-    return ExportResult(out, loaded.spec, difference, out.stat().st_size)
+    return ExportResult(out, loaded.spec, difference, out.stat().st_size, precision)
+
+
+def _write(program: Any, fp32: Path, tmp: Path, calibration: np.ndarray | None) -> None:
+    """Save the fp32 graph to `tmp`, or its int8 quantisation calibrated on `calibration`."""
+    if calibration is None:
+        program.save(str(tmp), external_data=False)
+        return
+    from histodetect.export.quantize import quantize_int8
+
+    program.save(str(fp32), external_data=False)
+    quantize_int8(fp32, tmp, calibration)
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
@@ -165,7 +197,9 @@ def _trace(deployable: DeployableModel, patch_size_px: int) -> Any:
         spec_module._channel_constant.cache_clear()
 
 
-def metadata_props(spec: ModelSpec, metadata: dict[str, Any], source: Path) -> dict[str, str]:
+def metadata_props(
+    spec: ModelSpec, metadata: dict[str, Any], source: Path, precision: str = "float32"
+) -> dict[str, str]:
     """The ONNX metadata_props: the spec as JSON (what histodetect reads) and plain keys."""
     mpp = getattr(spec, "mpp", None)
     props = {
@@ -186,6 +220,7 @@ def metadata_props(spec: ModelSpec, metadata: dict[str, Any], source: Path) -> d
         "crop_px": "none" if spec.crop_px is None else str(spec.crop_px),
         "class_names": json.dumps(list(spec.class_names)),
         "source_sha256": _sha256(source),
+        "precision": precision,
     }
     if mpp:
         props["mpp"] = repr(float(mpp))
@@ -200,22 +235,31 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def check_parity(onnx_path: Path, deployable: DeployableModel, n: int = 4) -> float:
-    """Largest |p_onnx - p_torch| on `n` seeded random patches; raise above `PARITY_TOLERANCE`.
+def check_parity(
+    onnx_path: Path, deployable: DeployableModel, int8_patches: np.ndarray | None = None
+) -> float:
+    """Largest |p_onnx - p_torch|: fp32 on 4 seeded random patches (at most `PARITY_TOLERANCE`),
+    int8 on its calibration patches (at most `INT8_TOLERANCE`).
 
     Raises:
-        RuntimeError: When the graph disagrees with PyTorch (a bug in the export).
+        RuntimeError: When an fp32 graph disagrees with PyTorch (a bug in the export).
+        HistodetectError: When an int8 graph strays too far (keep the fp32 export).
     """
     from histodetect.inference.backends.onnx import OnnxBackend
 
     size = deployable.spec.patch_size_px
-    pixels = np.random.default_rng(0).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    pixels = int8_patches
+    if pixels is None:
+        pixels = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
     with torch.no_grad():
         _, expected = deployable(torch.from_numpy(pixels))
     session = OnnxBackend(onnx_path, "cpu").session
     (got,) = session.run([PROBABILITY_OUTPUT], {INPUT_NAME: pixels})
     difference = float(np.abs(np.asarray(got) - expected.numpy()).max())
-    if not difference <= PARITY_TOLERANCE:
+    if int8_patches is not None and not difference <= INT8_TOLERANCE:
+        raise HistodetectError(f"int8 changed this model's probabilities by up to {difference:.3f} "
+                               "on the calibration patches; export it without --int8-calibration.")  # fmt: skip
+    if int8_patches is None and not difference <= PARITY_TOLERANCE:
         raise RuntimeError(
             f"the ONNX graph disagrees with PyTorch by {difference:.2e} in probability."
         )
