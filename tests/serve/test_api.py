@@ -268,3 +268,29 @@ def test_a_full_queue_answers_503_with_retry_after(
     response = client.post("/v1/predict", files=[upload(valid_patches[0])])
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1" and "busy" in response.json()["error"]
+
+
+@pytest.mark.slow  # the ONNX export alone takes tens of seconds on 2 cores
+def test_an_onnx_model_serves_predictions_but_no_gradcam(
+    make_client: Any, valid_patches: list[Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from histodetect.export import export_onnx
+    from histodetect.inference.predictor import Predictor
+    from onnx_models import save_tiny_model
+
+    model_pt = save_tiny_model(tmp_path / "model.pt", "histonet")
+    onnx = export_onnx(model_pt, tmp_path / "model.onnx").path
+    client = make_client(Predictor(onnx, device="cpu"))
+    body = client.post("/v1/predict", files=[upload(p) for p in valid_patches[:4]]).json()
+    assert body["model"]["file"] == "model.onnx"
+    reference = Predictor(model_pt, device="cpu", precision="32-true")
+    expected = reference.predict_pixels(
+        np.stack([np.asarray(Image.open(p).convert("RGB")) for p in valid_patches[:4]])
+    )
+    served = [row["probability"] for row in body["predictions"]]
+    assert served == pytest.approx(expected.tolist(), abs=2e-6)
+    explained = client.post("/v1/explain", files=[upload(valid_patches[0], field="file")])
+    assert explained.status_code == 501 and "ONNX Runtime" in explained.json()["error"]
+    assert str(tmp_path) not in explained.json()["error"]

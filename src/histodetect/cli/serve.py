@@ -75,7 +75,11 @@ def run(args: argparse.Namespace) -> int:
     sock = bind_socket(args.host, args.port)  # a busy port fails before the model loads
     try:
         predictor = Predictor(
-            args.model, tta=args.tta, device=args.device, batch_size=args.batch_size
+            args.model,
+            tta=args.tta,
+            device=args.device,
+            batch_size=args.batch_size,
+            precision=args.precision,
         )
         app = create_app(predictor, limits, slides_dir=args.slides_dir, jobs_dir=args.jobs_dir)
     except BaseException:
@@ -84,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     spec = predictor.spec
     print(
         f"Model: {predictor.model_path.name} ({spec.model_name}, threshold {spec.threshold:.3f}"
-        f"{', TTA x8' if args.tta else ''}); micro-batching "
+        f"{', TTA x8' if args.tta else ''}) on {predictor.description}; micro-batching "
         f"{'up to ' + str(limits.max_batch) + ' patches' if limits.batching else 'off'}."
     )
     print(f"Serving on {url_of(sock)} (API docs at {url_of(sock)}docs); Ctrl-C stops.", flush=True)

@@ -100,7 +100,9 @@ class ServerContext:
             require_captum()
             model = self.predictor.model  # an ONNX model has none
         except HistodetectError as exc:
-            raise ApiError(501, f"this server cannot explain: {api_wording(str(exc))}") from None
+            path = os.fspath(self.predictor.model_path)
+            reason = api_wording(str(exc).replace(path, Path(path).name))  # no server paths
+            raise ApiError(501, f"this server cannot explain: {reason}") from None
         probability = self.predictor.predict_pixels(pixels)
         overlay = gradcam_overlays(model, self.predictor.spec, pixels)[0]
         return ExplainResponse(
