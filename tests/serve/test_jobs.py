@@ -122,6 +122,12 @@ def test_bad_slides_are_refused_in_the_request(make_client: Any, slides_dir: Pat
     )
     assert str(jobs_dir) not in error
     assert not any(jobs_dir.iterdir())  # refused jobs leave no folder behind
+    stride = client.post(
+        "/v1/slides",
+        files={"file": ("scan.png", png, "image/png")},
+        data={"mpp": "0.972", "stride_px": "95"},
+    )
+    assert stride.status_code == 422 and stride.json()["error"].startswith("stride_px must lie in")
     neither = client.post("/v1/slides", data={"mpp": "0.5"})
     assert neither.status_code == 422 and "either" in neither.json()["error"]
     with_mpp = client.post(

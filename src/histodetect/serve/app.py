@@ -211,7 +211,8 @@ async def submit_slide(
         if file is not None:
             slide = await run_in_threadpool(_save_upload, file, slide_name, job.folder)
         assert slide is not None
-        await run_in_threadpool(check_slide, slide, slide_name, options)
+        spec = context.predictor.spec
+        await run_in_threadpool(check_slide, slide, slide_name, spec, options)
     except BaseException:
         context.jobs.discard(job)
         raise

@@ -240,19 +240,22 @@ def public_summary(summary: dict[str, Any], slide: str) -> dict[str, Any]:
     return public
 
 
-def check_slide(slide: Path, name: str, options: SlideOptions) -> None:
-    """Open the slide and resolve its resolution now, so a bad one fails in the request.
+def check_slide(slide: Path, name: str, spec: ModelSpec, options: SlideOptions) -> None:
+    """Open the slide and plan its grid now (cheap: metadata only), so a bad slide, a missing
+    resolution or a bad stride fails in the request rather than in the job.
 
     Raises:
         ApiError: 422 with the reader's sentence, naming the slide as the client did.
     """
-    from histodetect.slides.analysis import resolve_slide_mpp
+    from histodetect.slides.analysis import model_mpp, resolve_slide_mpp
     from histodetect.slides.reader import open_slide
     from histodetect.slides.regions import require_shapely
+    from histodetect.slides.tiling import plan_grid
 
     try:
         require_shapely()
         with open_slide(slide, options.reader) as reader:
-            resolve_slide_mpp(reader, options.mpp)
+            slide_mpp, _ = resolve_slide_mpp(reader, options.mpp)
+            plan_grid(reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px)
     except HistodetectError as exc:
         raise ApiError(422, api_wording(str(exc).replace(str(slide), name)), name) from None
