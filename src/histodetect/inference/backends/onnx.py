@@ -98,6 +98,7 @@ class OnnxBackend:
     Args:
         path: the .onnx file written by `histodetect export`.
         device: "auto" (CUDA provider when installed and usable), "cpu" or "cuda".
+        threads: CPU threads per inference call; None lets ONNX Runtime take one per core.
 
     Attributes:
         spec_dict: the ModelSpec as a dict (`ModelSpec.from_dict` rebuilds it).
@@ -105,13 +106,16 @@ class OnnxBackend:
         patch_size_px: side of the square uint8 patches the graph takes.
     """
 
-    def __init__(self, path: Path, device: str = "auto") -> None:
+    def __init__(self, path: Path, device: str = "auto", threads: int | None = None) -> None:
         ort = require_onnxruntime()
         if not path.is_file():
             raise HistodetectError(f"model {path} does not exist.")
         providers = providers_for(device, list(ort.get_available_providers()))
+        options = ort.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), providers=providers)
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
             raise HistodetectError(f"{path} cannot be loaded by ONNX Runtime "
                                    f"({str(exc).strip()[:160]}).") from None  # fmt: skip
