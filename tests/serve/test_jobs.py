@@ -92,6 +92,7 @@ def test_slides_named_inside_slides_dir(make_client: Any, slides_dir: Path, tmp_
         "sub/../../secret.tif",
         "sub/link.tif",
         ".hidden.tif",
+        "x" * 5000,
         "sub\\..\\x.tif",
     ):
         refused = client.post("/v1/slides", data={"name": name})
@@ -167,3 +168,16 @@ def test_jobs_unknown_unfinished_and_too_many(make_client: Any, slides_dir: Path
         files={"file": ("a.tif", (slides_dir / "layout.tif").read_bytes(), "image/tiff")},
     )
     assert big.status_code == 413
+
+
+def test_a_job_cut_short_by_shutdown_says_so(make_client: Any, slides_dir: Path) -> None:
+    from histodetect.slides.runner import SlideOptions
+
+    client = make_client()
+    context = client.app.state.context
+    context.batcher.close()  # as when the server stops while a slide is scored
+    job = context.jobs.create("layout.tif")
+    options = SlideOptions(stride_px=96, progress=False)
+    context.jobs.start(job, slides_dir / "layout.tif", options, uploaded=False)
+    result = wait_for(client, f"/v1/jobs/{job.id}")
+    assert result["status"] == "failed" and "server stopped" in result["error"]

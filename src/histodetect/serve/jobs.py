@@ -171,6 +171,9 @@ class SlideJobs:
         except HistodetectError as exc:
             job.error = api_wording(str(exc).replace(str(slide), job.slide))  # no server paths
             job.status = job.stage = "failed"
+        except QueueFullError:  # only raised to slide jobs when the batcher has closed
+            job.error = "the server stopped before the slide was done; submit it again."
+            job.status = job.stage = "failed"
         except Exception as exc:
             LOG.error("slide job %s (%s) failed", job.id, job.slide, exc_info=exc)
             job.error = (

@@ -203,6 +203,15 @@ def resolve_slide_name(folder: Path, name: str) -> Path:
             422, f"slide name {name!r} must be a relative path inside the server's --slides-dir "
             "(no '..', no absolute paths).", name,
         )  # fmt: skip
+    try:
+        return _existing_slide(folder, parts, name)
+    except OSError as exc:  # a name too long for the file system, a folder that cannot be read
+        raise ApiError(
+            422, f"slide name {name[:200]!r} cannot be used ({exc.strerror}).", name
+        ) from None
+
+
+def _existing_slide(folder: Path, parts: tuple[str, ...], name: str) -> Path:
     path = folder
     for part in parts:
         path = path / part
