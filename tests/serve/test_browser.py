@@ -26,7 +26,7 @@ ARTIFACTS = REPO / "test-artifacts"
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--window-size=1200,1600",
+    "--disable-dev-shm-usage", "--window-size=1200,2600",
 )  # fmt: skip
 
 pytestmark = [
@@ -104,7 +104,7 @@ def _rows(driver: Any) -> list[dict[str, str]]:
 
 
 def test_the_page_shows_the_cli_probabilities(
-    server: str, browser: Any, valid_patches: list[Path], tmp_path: Path
+    server: str, browser: Any, valid_patches: list[Path], shared_data: Path, tmp_path: Path
 ) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -130,9 +130,31 @@ def test_the_page_shows_the_cli_probabilities(
         failed["state"] == "failed"
         and "notes.png is not a PNG, JPEG or TIFF image" in failed["text"]
     )
+    _analyse_a_slide(browser, wait, shared_data, tmp_path)
     screenshot = tmp_path / "serve-page.png"
     assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+    assert not browser.find_element(By.ID, "slide-name-label").is_displayed()  # no --slides-dir
     browser.find_element(By.CSS_SELECTOR, "#model-card summary").click()
     assert "threshold" in browser.find_element(By.ID, "model-card-body").text
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(screenshot, ARTIFACTS / screenshot.name)
+
+
+def _analyse_a_slide(browser: Any, wait: Any, shared_data: Path, tmp_path: Path) -> None:
+    """Upload the layout slide (real PCam patches, a tumour block) and wait for its heatmap."""
+    from selenium.webdriver.common.by import By
+
+    from slidefiles import LEVEL0_MPP, canvas, write_pyramid
+
+    image, _ = canvas(shared_data)
+    slide = write_pyramid(tmp_path / "layout.tif", image.repeat(2, 0).repeat(2, 1), LEVEL0_MPP)
+    browser.find_element(By.ID, "slide-file").send_keys(str(slide))
+    browser.find_element(By.CSS_SELECTOR, "#slide-form button").click()
+    shown = "return document.getElementById('slide-overlay').naturalWidth"
+    wait.until(lambda d: d.find_element(By.ID, "slide-result").is_displayed())
+    wait.until(lambda d: d.execute_script(shown) > 0)
+    assert browser.find_element(By.ID, "slide-progress").get_attribute("value") == "1"
+    summary = browser.find_element(By.ID, "slide-summary").text
+    assert summary.startswith("Max probability") and "regions" in summary
+    links = browser.find_elements(By.CSS_SELECTOR, "#slide-links a")
+    assert [a.text for a in links] == ["heatmap", "regions", "summary", "report", "tiles"]

@@ -101,6 +101,9 @@ function showPrediction(row, prediction) {
 }
 
 function showRowError(row, text) {
+  const thumb = row.querySelector("td img"); // the file may not be an image at all
+  thumb.removeAttribute("src");
+  thumb.hidden = true;
   const cell = row.querySelector(".probability-cell");
   cell.className = "probability-cell error";
   cell.colSpan = 3;
