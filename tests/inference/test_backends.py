@@ -15,7 +15,9 @@ from histodetect.augment import apply_d4
 from histodetect.errors import HistodetectError
 from histodetect.inference.backends import check_device_name, d4_view_nhwc
 from histodetect.inference.backends.onnx import providers_for
+from histodetect.inference.backends.torch import TorchBackend, fused_cpu_bf16
 from histodetect.inference.predictor import Predictor
+from histodetect.models import ModelSpec, build_model, model_names, tiny_model_kwargs
 from onnx_models import save_tiny_model
 
 ONNX_RUN = """
@@ -118,7 +120,7 @@ def test_auto_precision_follows_the_cpu(
 ) -> None:
     monkeypatch.setenv("HISTODETECT_CPU_BF16", flag)
     predictor = Predictor(tiny_onnx.with_suffix(".pt"), device="cpu")
-    assert predictor.description == f"cpu, torch {expected}"
+    assert predictor.description.startswith(f"cpu, torch {expected}")
     first = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d))
     channels_last = first.weight.is_contiguous(memory_format=torch.channels_last)
     assert channels_last == (expected == "bf16-mixed")
@@ -126,3 +128,30 @@ def test_auto_precision_follows_the_cpu(
     assert predictor.predict_pixels(pixels).shape == (2,)
     with pytest.raises(HistodetectError, match="--precision 'fp8' is not one of"):
         Predictor(tiny_onnx.with_suffix(".pt"), precision="fp8")
+
+
+@pytest.mark.parametrize("name", model_names())
+def test_cpu_bf16_runs_every_family_as_a_fused_graph(name: str, rng: np.random.Generator) -> None:
+    if name == "timm":
+        pytest.importorskip("timm")
+    torch.manual_seed(0)
+    spec = ModelSpec(name, tiny_model_kwargs(name), crop_px=64, mean=(0.6, 0.5, 0.6))
+    model = build_model(spec).eval()
+    fast = TorchBackend(model, spec, torch.device("cpu"), "bf16-mixed")
+    assert fast.fused is not None and fast.description.endswith("fused graph")
+    exact = TorchBackend(build_model(spec).eval(), spec, torch.device("cpu"), "32-true")
+    exact.model.load_state_dict(model.state_dict())
+    for n in (1, 5):  # batch sizes other than the traced one
+        pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+        got, expected = fast.logits(pixels, tta=True), exact.logits(pixels, tta=True)
+        assert got.shape == (n, 8) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=0.1, rtol=0.05)  # bf16: 8-bit mantissa
+    assert fast.logits(pixels[:0], tta=False).shape == (0,)
+
+
+def test_a_model_that_cannot_be_traced_runs_eagerly() -> None:
+    class DictOut(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"logits": x.mean(dim=(1, 2, 3))}
+
+    assert fused_cpu_bf16(DictOut(), 32) is None

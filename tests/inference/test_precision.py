@@ -1,5 +1,5 @@
-"""bf16 autocast (the `auto` path on CPUs with native bf16) costs no quality: same model,
-fp32 against bf16 probabilities on real validation patches."""
+"""bf16 (the `auto` path on CPUs with native bf16: a fused bf16 graph for inference) costs no
+quality: same model, fp32 against bf16 probabilities on real validation patches."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from real_patches import valid_patches
 
 MAX_AUC_DIFFERENCE = 0.005
 MAX_PROBABILITY_DIFFERENCE = 0.05
-"""bf16 keeps 8 bits of mantissa: a few thousandths in probability were measured (docs/BENCHMARKS.md)."""
+"""bf16 keeps 8 bits of mantissa: about 0.01 in probability was measured (docs/BENCHMARKS.md)."""
 
 
 def test_bf16_matches_fp32_on_real_patches(shared_data: Path) -> None:
