@@ -57,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status (2 for user errors, 130 when interrupted)."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args._run(args))
+        status = int(args._run(args))
+        sys.stdout.flush()  # here, not at exit, so that a closed pipe is handled below
+        return status
     except HistodetectError as exc:
         print(f"histodetect {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
     except OSError as exc:
         if exc.errno not in USER_OS_ERRORS:
             return _internal_error(args.command, exc)
@@ -86,6 +90,18 @@ USER_OS_ERRORS = {
     errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ELOOP, errno.ENOTEMPTY,
 }  # fmt: skip
 """OS errors a user causes (permissions, read-only or full disk, a wrong path): one sentence."""
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``histodetect models | head -1``): stop quietly, as
+    a shell tool does, with 128 + SIGPIPE; nothing half-written is kept, since files are only
+    ever written under a temporary name."""
+    try:  # Python would otherwise fail again flushing stdout at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 128 + 13
 
 
 def _internal_error(command: str, exc: BaseException) -> int:
