@@ -1,4 +1,8 @@
-"""What the machine can do fast: native bf16 on the CPU, and the precision/layout to use."""
+"""What the machine can do fast: native bf16 on the CPU, and the precision/layout to use.
+
+torch is imported only inside the functions that need it: an ONNX deployment imports this module
+without torch installed.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,6 @@ import functools
 import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
-
-import torch
 
 from histodetect.errors import HistodetectError
 
@@ -46,6 +48,8 @@ def cpu_has_native_bf16() -> bool:
 def auto_precision(device_type: str) -> str:
     """`bf16-mixed` on a CUDA GPU with bf16 or a CPU with native bf16, else `32-true`."""
     if device_type == "cuda":
+        import torch
+
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     return "bf16-mixed" if cpu_has_native_bf16() else "32-true"
 
@@ -69,5 +73,7 @@ def use_channels_last(device_type: str, precision: str) -> bool:
 def autocast(device_type: str, precision: str) -> AbstractContextManager[object]:
     """The autocast context for a resolved precision (a no-op for `32-true`)."""
     if precision == "bf16-mixed":
+        import torch
+
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return nullcontext()

@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 def _checked_limits(args: argparse.Namespace) -> ServeLimits:
     """The limits from the options, after refusing options that cannot work."""
     from histodetect.errors import HistodetectError
-    from histodetect.models.checkpoint import resolve_model_path
+    from histodetect.modelfiles import resolve_model_path
     from histodetect.serve.limits import ServeLimits
 
     limits = ServeLimits(

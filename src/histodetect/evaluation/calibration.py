@@ -1,10 +1,12 @@
-"""Fitting a temperature and a decision threshold on a validation split."""
+"""Fitting a temperature and a decision threshold on a validation split.
+
+scipy and scikit-learn are imported where they are used: `probabilities` is on the inference
+path of a deployment that may have neither.
+"""
 
 from __future__ import annotations
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from sklearn.metrics import roc_curve
 
 from histodetect.errors import HistodetectError
 
@@ -29,6 +31,8 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     def nll(log_t: float) -> float:
         p = np.clip(probabilities(logits, float(np.exp(log_t))), 1e-7, 1 - 1e-7)
         return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+    from scipy.optimize import minimize_scalar
 
     result = minimize_scalar(nll, bounds=LOG_T_BOUNDS, method="bounded")
     return float(np.exp(result.x))
@@ -83,6 +87,8 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str) -> floa
         return value
     if len(np.unique(labels)) < 2:
         raise HistodetectError("fitting a threshold needs both classes in the calibration split.")
+    from sklearn.metrics import roc_curve
+
     fpr, tpr, thresholds = roc_curve(labels, probs)
     thresholds = np.clip(thresholds, 0.0, 1.0)
     if kind == "youden":

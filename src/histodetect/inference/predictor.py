@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from histodetect.models.spec import ModelSpec
+    from histodetect.modelspec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def open_model(
 
 def _open_onnx(path: Path, device: str, precision: str) -> OpenedModel:
     from histodetect.inference.backends.onnx import OnnxBackend
-    from histodetect.models.spec import ModelSpec
+    from histodetect.modelspec import ModelSpec
 
     if precision == "bf16-mixed":
         raise HistodetectError(f"--precision bf16-mixed applies to PyTorch models; {path} runs "
@@ -142,12 +142,16 @@ class Predictor:
         Raises:
             HistodetectError: When the model runs in ONNX Runtime.
         """
-        from histodetect.inference.backends.torch import TorchBackend
-
-        if not isinstance(self.backend, TorchBackend):
+        model: nn.Module | None = getattr(self.backend, "model", None)  # TorchBackend's
+        if model is None:
             raise HistodetectError(f"{self.model_path} runs in ONNX Runtime, which has no "
                                    "gradients here; use the model.pt it was exported from.")  # fmt: skip
-        return self.backend.model
+        return model
+
+    @property
+    def device_name(self) -> str:
+        """The device the model runs on, as torch names it ("cpu", "cuda"); needs no torch."""
+        return self.backend.device_name
 
     @property
     def device(self) -> torch.device:

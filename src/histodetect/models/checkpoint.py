@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,16 @@ import torch
 from torch import nn
 
 from histodetect.errors import HistodetectError
+from histodetect.modelfiles import (  # noqa: F401 - re-exported where they used to live
+    BUNDLED_MODEL,
+    MODEL_FILE,
+    bundled_model_path,
+    resolve_model_path,
+)
 from histodetect.models.spec import ModelSpec, build_model
 
-MODEL_FILE = "model.pt"
-"""Exported model inside a run folder: weights, ModelSpec and metadata, no optimizer state."""
 FORMAT = "histodetect-model"
 FORMAT_VERSION = 1
-BUNDLED_MODEL = "bundled/model.pt"
 
 
 @dataclass
@@ -85,29 +87,6 @@ def update_spec(path: Path, spec: ModelSpec, metadata_update: dict[str, Any] | N
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(payload, tmp)
     tmp.replace(path)
-
-
-def resolve_model_path(path: Path | str | None) -> Path:
-    """The model file meant by `path`: a file, a run folder (its model.pt), or None (bundled)."""
-    if path is None:
-        return bundled_model_path()
-    path = Path(path)
-    if path.is_dir():
-        for candidate in (MODEL_FILE, "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
-            if (path / candidate).is_file():
-                return path / candidate
-        raise HistodetectError(f"{path} holds no model ({MODEL_FILE} or checkpoints/*.ckpt).")
-    if not path.is_file():
-        raise HistodetectError(f"model {path} does not exist.")
-    return path
-
-
-def bundled_model_path() -> Path:
-    """The model shipped inside the package (trained on the PCam subset, see docs/MODEL_CARD.md)."""
-    path = Path(str(resources.files("histodetect") / BUNDLED_MODEL))
-    if not path.is_file():
-        raise HistodetectError("this installation has no bundled model; pass --model <run folder>.")
-    return path
 
 
 def load_checkpoint(path: Path | str | None = None) -> LoadedModel:

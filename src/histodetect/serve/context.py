@@ -85,7 +85,7 @@ class ServerContext:
             model_card=dict(self.predictor.metadata),
             mpp=model_mpp(spec),
             patch_size_px=spec.patch_size_px,
-            device=str(getattr(self.predictor, "device", "cpu")),
+            device=self.predictor.device_name,
         )
 
     def explain(self, patch_id: str, pixels: np.ndarray) -> ExplainResponse:
@@ -94,15 +94,17 @@ class ServerContext:
         Runs on the batcher's worker thread (Grad-CAM hooks into the model's layers, so no
         other forward pass may run meanwhile).
         """
-        from histodetect.explain.gradcam import gradcam_overlays, require_captum
-
         try:
+            model = self.predictor.model  # an ONNX model has none (and may run without torch)
+            from histodetect.explain.gradcam import require_captum
+
             require_captum()
-            model = self.predictor.model  # an ONNX model has none
         except HistodetectError as exc:
             path = os.fspath(self.predictor.model_path)
             reason = api_wording(str(exc).replace(path, Path(path).name))  # no server paths
             raise ApiError(501, f"this server cannot explain: {reason}") from None
+        from histodetect.explain.gradcam import gradcam_overlays
+
         probability = self.predictor.predict_pixels(pixels)
         overlay = gradcam_overlays(model, self.predictor.spec, pixels)[0]
         return ExplainResponse(

@@ -180,5 +180,5 @@ def _model_info(predictor: Predictor) -> dict[str, Any]:
         "threshold": spec.threshold,
         "temperature": spec.temperature,
         "tta": predictor.tta,
-        "device": str(predictor.device),
+        "device": predictor.device_name,
     }
