@@ -10,11 +10,9 @@ from __future__ import annotations
 
 import csv
 import json
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from histodetect.inference.predictor import Predictor
 from imagefiles import save_image
 from onnx_models import save_tiny_model
 from real_patches import valid_patches
+from serve_process import wait_for_url
 from slidefiles import write_pyramid
 
 pytest.importorskip("onnxruntime")
@@ -115,7 +114,7 @@ def test_serve_runs_an_onnx_model_without_torch(
         stdout=subprocess.PIPE, stderr=log, text=True,
     )  # fmt: skip
     try:
-        url = _wait_for_url(process, tmp_path / "serve.log")
+        url = wait_for_url(process, tmp_path / "serve.log", timeout_s=120)
         patch = sorted(deployment["patches"].glob("*.png"))[0]
         with httpx.Client(base_url=url, timeout=60) as client:
             with patch.open("rb") as file:
@@ -133,16 +132,3 @@ def test_serve_runs_an_onnx_model_without_torch(
         process.communicate(timeout=30)
         log.close()
     assert "is not installed here" not in (tmp_path / "serve.log").read_text()
-
-
-def _wait_for_url(process: subprocess.Popen[str], log: Path, timeout_s: float = 120) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            raise AssertionError(f"histodetect serve exited: {log.read_text()}")
-        found = re.search(r"Serving on (http://127\.0\.0\.1:\d+/)", line)
-        if found:
-            return found.group(1)
-    raise AssertionError("histodetect serve printed no URL")

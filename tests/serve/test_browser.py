@@ -5,12 +5,10 @@ the file input; the probabilities it shows must be the CLI's. Saves a screenshot
 from __future__ import annotations
 
 import csv
-import re
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +16,7 @@ from typing import Any
 import pytest
 
 from histodetect.cli.main import main
+from serve_process import wait_for_url
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -47,26 +46,13 @@ def server(tmp_path: Path) -> Iterator[str]:
         stdout=subprocess.PIPE, stderr=log, text=True, cwd=tmp_path,
     )  # fmt: skip
     try:
-        yield _wait_for_url(process, tmp_path / "serve.log")
+        yield wait_for_url(process, tmp_path / "serve.log")
     finally:
         process.send_signal(signal.SIGINT)  # what Ctrl-C sends
         stdout, _ = process.communicate(timeout=30)
         log.close()
     assert process.returncode == 0, (tmp_path / "serve.log").read_text()
     assert stdout.strip().endswith("Stopped.")
-
-
-def _wait_for_url(process: subprocess.Popen[str], log: Path, timeout_s: float = 60) -> str:
-    assert process.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            raise AssertionError(f"histodetect serve exited: {log.read_text()}")
-        found = re.search(r"Serving on (http://127\.0\.0\.1:\d+/)", line)
-        if found:
-            return found.group(1)
-    raise AssertionError("histodetect serve printed no URL")
 
 
 @pytest.fixture
