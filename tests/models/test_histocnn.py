@@ -36,9 +36,11 @@ def test_flatten_head_sees_position_gap_head_does_not() -> None:
 
 
 def test_default_size_and_convs_per_block() -> None:
-    assert 4_500_000 < count_parameters(create_model("histocnn")) < 5_000_000
-    double = create_model("histocnn", conv_channels=(4, 8), convs_per_block=2)
-    assert sum(isinstance(m, torch.nn.Conv2d) for m in double.modules()) == 4
+    default = create_model("histocnn")
+    assert 4_900_000 < count_parameters(default) < 5_100_000
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in default.modules()) == 6  # 2 per block
+    single = create_model("histocnn", conv_channels=(4, 8), convs_per_block=1)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in single.modules()) == 2
 
 
 @pytest.mark.parametrize(
