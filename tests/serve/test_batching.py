@@ -123,9 +123,36 @@ def test_exclusive_calls_run_between_batches_and_errors_reach_every_request() ->
     assert second.result(5).shape == (2,)
     assert calls == ["predict 2", "explain", "predict 2"]  # the call is never inside a batch
     ones = np.ones((1, 4, 4, 3), dtype=np.uint8)
-    failing = [batcher.submit(ones), batcher.submit(zeros)]
+    with batcher.arriving():  # a second request on its way: the two share the failing pass
+        with batcher.arriving():
+            first_failing = batcher.submit(ones)
+        failing = [first_failing, batcher.submit(zeros)]
     for future in failing:
         with pytest.raises(ValueError, match="broken model"):
             future.result(5)
     assert batcher.submit(zeros).result(5).shape == (2,)  # the worker survives
+    batcher.close()
+
+
+def test_a_lone_request_does_not_wait_for_company_that_is_not_coming() -> None:
+    sizes: list[int] = []
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        sizes.append(len(pixels))
+        return np.zeros(len(pixels))
+
+    batcher = MicroBatcher(predict, max_batch=8, max_wait_s=2.0)
+    patch = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    start = time.monotonic()
+    batcher.submit(patch).result(5)
+    assert time.monotonic() - start < 1.0  # not the 2 s max wait: nobody else was on the way
+    start = time.monotonic()
+    with batcher.arriving():  # request B, still decoding
+        with batcher.arriving():  # request A
+            first = batcher.submit(patch)
+        time.sleep(0.2)
+        second = batcher.submit(patch)
+    assert first.result(5).shape == second.result(5).shape == (1,)
+    assert time.monotonic() - start < 1.5  # B's arrival ended the wait, not the 2 s cap
+    assert sizes == [1, 2]  # A waited for B and they shared one pass
     batcher.close()

@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-wait-ms",
         type=float,
         default=5.0,
-        help="how long a forward pass waits for more requests when idle (default 5)",
+        help="how long a forward pass waits for requests still uploading or decoding "
+        "(default 5; a lone request does not wait)",
     )
     parser.add_argument(
         "--no-batching",

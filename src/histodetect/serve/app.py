@@ -3,6 +3,7 @@ they call (uploads, batching, jobs, context). Build it with `create_app(predicto
 
 # No `from __future__ import annotations`: FastAPI reads the route annotations at runtime.
 
+import asyncio
 import contextlib
 import shutil
 import tempfile
@@ -160,13 +161,15 @@ async def predict(
     center_crop: Annotated[bool, Form(description="take the centre of larger images")] = False,
 ) -> PredictResponse:
     """Calibrated tumour probabilities of patch images, equal to `histodetect predict`'s."""
-    uploads = [Upload(file.filename or "", await file.read()) for file in files]
     size = context.predictor.spec.patch_size_px
-    async with context.decoding:
-        ids, pixels = await run_in_threadpool(
-            decode_patches, uploads, size, context.limits, resize, center_crop
-        )
-    probabilities = await context.batcher.predict(pixels)
+    with context.batcher.arriving():  # concurrent requests wait for this one, not in vain
+        uploads = [Upload(file.filename or "", await file.read()) for file in files]
+        async with context.decoding:
+            ids, pixels = await run_in_threadpool(
+                decode_patches, uploads, size, context.limits, resize, center_crop
+            )
+        future = context.batcher.submit(pixels)
+    probabilities = await asyncio.wrap_future(future)
     return PredictResponse(predictions=context.predictions(ids, probabilities), model=context.brief)
 
 

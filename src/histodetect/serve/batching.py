@@ -4,17 +4,19 @@ Every use of the model goes through `MicroBatcher`'s single worker thread, so re
 run the model at the same time (Grad-CAM's hooks on a layer would otherwise see other
 requests' forward passes). Patch requests waiting in the queue are joined into one call of
 `predict_fn`, up to `max_batch` patches, waiting at most `max_wait_s` for company once the
-queue is empty. The queue is bounded in patches: a request that does not fit is refused with
+queue is empty, and only while other requests are on their way (`arriving`: reading and
+decoding their uploads), so a lone request never waits for company that is not coming. The queue is bounded in patches: a request that does not fit is refused with
 `QueueFullError` (the server answers 503 with Retry-After) instead of growing memory.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -84,6 +86,7 @@ class MicroBatcher:
         self.stats = BatchStats()
         self._items: deque[_Patches | _Call] = deque()
         self._queued_patches = 0
+        self._arriving = 0  # requests reading or decoding their patches (see `arriving`)
         self._cond = threading.Condition()
         self._closed = False
         self._thread: threading.Thread | None = None
@@ -92,6 +95,20 @@ class MicroBatcher:
     def queued_patches(self) -> int:
         """Patches waiting in the queue (not counting the batch running now)."""
         return self._queued_patches
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Count a request as on its way while it reads and decodes its patches; `submit` them
+        inside the block. The worker waits for company (up to `max_wait_s`) only while some
+        request is on its way, so a lone request runs at once."""
+        with self._cond:
+            self._arriving += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._arriving -= 1
+                self._cond.notify_all()  # a waiting worker may have no one left to wait for
 
     def submit(self, pixels: np.ndarray, bounded: bool = True) -> Future[np.ndarray]:
         """Queue patches; the future gives their probabilities, in order.
@@ -183,8 +200,9 @@ class MicroBatcher:
                     n += len(head.pixels)
                     continue
                 remaining = deadline - time.monotonic()
-                if head is not None or remaining <= 0 or self._closed:
-                    break  # an exclusive call or a large request is next, or time is up
+                if head is not None or remaining <= 0 or self._closed or not self._arriving:
+                    break  # an exclusive call or a large request is next, time is up, or no
+                    # request is on its way
                 self._cond.wait(remaining)
             self._queued_patches -= n
         return batch
