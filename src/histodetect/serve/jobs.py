@@ -216,7 +216,7 @@ def count_tissue_tiles(slide: Path, spec: ModelSpec, options: SlideOptions) -> i
     # time, docs/BENCHMARKS.md) and knowing the total makes the progress bar honest.
     from histodetect.slides.analysis import (
         MIN_TISSUE_FRACTION,
-        _mask_cells,  # the analysis's own mask step, so the count cannot drift from it
+        mask_cells,  # the analysis's own mask step, so the count cannot drift from it
         mask_px_per_cell,
         model_mpp,
         resolve_slide_mpp,
@@ -227,7 +227,7 @@ def count_tissue_tiles(slide: Path, spec: ModelSpec, options: SlideOptions) -> i
     with open_slide(slide, options.reader) as reader:
         slide_mpp, _ = resolve_slide_mpp(reader, options.mpp)
         grid = plan_grid(reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px)
-        _, _, fractions = _mask_cells(reader, grid, mask_px_per_cell(grid))
+        _, _, fractions = mask_cells(reader, grid, mask_px_per_cell(grid))
     return int((fractions >= MIN_TISSUE_FRACTION).sum())
 
 

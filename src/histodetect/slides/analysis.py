@@ -136,7 +136,7 @@ def analyse_slide(
     grid = plan_grid(reader, slide_mpp, model_mpp(spec), stride_px, spec.patch_size_px)
     times = StageTimes()
     k = mask_px_per_cell(grid)
-    thumbnail, mask, fractions = _mask_cells(reader, grid, k)
+    thumbnail, mask, fractions = mask_cells(reader, grid, k)
     times.masking_s = time.perf_counter() - start
     selected = fractions >= MIN_TISSUE_FRACTION
     if not selected.any():
@@ -158,7 +158,7 @@ def mask_px_per_cell(grid: Grid) -> int:
     return max(MIN_MASK_PX_PER_CELL, min(wanted, grid.stride_px))
 
 
-def _mask_cells(
+def mask_cells(
     reader: SlideReader, grid: Grid, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Thumbnail at `k` pixels per cell side, tissue mask, and tissue fraction per cell."""
