@@ -146,10 +146,6 @@ class MicroBatcher:
             self._cond.notify()
         return item.future
 
-    async def predict(self, pixels: np.ndarray) -> np.ndarray:
-        """`submit` for asyncio request handlers: awaits the probabilities."""
-        return await asyncio.wrap_future(self.submit(pixels))
-
     async def run(self, fn: Callable[[], _T]) -> _T:
         """`call` for asyncio request handlers: awaits the result of `fn`."""
         return await asyncio.wrap_future(self.call(fn))
