@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from histodetect.data.quality import CONVERTED, NOT_RGB, UNREADABLE, WRONG_SIZE
-from histodetect.data.sources.image_file import decode_image
+from histodetect.data.sources.image_file import decode_image, decode_image_bytes
 from imagefiles import random_patch, save_image, save_tif
 
 
@@ -110,3 +110,36 @@ def test_broken_symlink_is_named(tmp_path: Path) -> None:
     decoded = decode_image(tmp_path / "a.png")
     assert decoded.problem is not None and decoded.problem.kind == UNREADABLE
     assert "broken symbolic link" in decoded.problem.reason and "gone.png" in decoded.problem.reason
+
+
+def test_bytes_decode_exactly_as_the_file_does(tmp_path: Path, rng: np.random.Generator) -> None:
+    """The service decodes uploads in memory: every kind of file (good, converted, refused,
+    unreadable, a 16-bit TIFF only tifffile reads) gets the same pixels and problem as on disk,
+    named by the origin it is given."""
+    import tifffile
+
+    files = [
+        save_image(tmp_path / "rgb.png", random_patch(rng)),
+        save_image(tmp_path / "rgb.jpg", random_patch(rng)),
+        save_image(tmp_path / "rgb.tif", random_patch(rng)),
+        save_image(tmp_path / "grey.png", rng.integers(0, 256, (96, 96), dtype=np.uint8)),
+        save_tif(tmp_path / "c16.tif", rng.integers(0, 65535, (96, 96, 3), dtype=np.uint16)),
+        save_image(tmp_path / "big.png", random_patch(rng, 128)),
+    ]
+    tifffile.imwrite(tmp_path / "f.tif", rng.random((96, 96, 3), dtype=np.float32))
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    files += [tmp_path / "f.tif", tmp_path / "junk.png"]
+    for path in files:
+        on_disk = decode_image(path)
+        in_memory = decode_image_bytes(path.read_bytes(), path.name)
+        assert (on_disk.pixels is None) == (in_memory.pixels is None), path
+        if on_disk.pixels is not None:
+            assert np.array_equal(on_disk.pixels, in_memory.pixels), path
+        assert (on_disk.problem is None) == (in_memory.problem is None), path
+        if on_disk.problem is not None and in_memory.problem is not None:
+            assert (in_memory.problem.kind, in_memory.problem.origin) == (
+                on_disk.problem.kind,
+                path.name,
+            ), path
+            assert in_memory.problem.reason == on_disk.problem.reason.replace(str(path), path.name)
+            assert "BytesIO" not in in_memory.problem.reason

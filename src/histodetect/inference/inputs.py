@@ -17,7 +17,12 @@ from typing import Literal, TypeVar
 import numpy as np
 
 from histodetect.data.quality import CONVERTED
-from histodetect.data.sources.image_file import IMAGE_SUFFIXES, decode_image
+from histodetect.data.sources.image_file import (
+    IMAGE_SUFFIXES,
+    Decoded,
+    decode_image,
+    decode_image_bytes,
+)
 from histodetect.data.sources.pcam_h5 import open_h5, read_rows
 from histodetect.errors import HistodetectError
 
@@ -205,21 +210,49 @@ def decode_files(
     paths: Sequence[Path], size_px: int, resize: bool = False, center_crop: bool = False
 ) -> Batch:
     """Decode image files into one Batch (runs in a worker process)."""
-    pixels = np.empty((len(paths), size_px, size_px, 3), dtype=np.uint8)
+    decoded = [decode_image(path, expected_px=None) for path in paths]
+    ids, origins = [p.stem for p in paths], [str(p) for p in paths]
+    return _fitted_batch(ids, origins, decoded, size_px, resize, center_crop)
+
+
+def decode_buffers(
+    files: Sequence[tuple[str, bytes]],
+    size_px: int,
+    resize: bool = False,
+    center_crop: bool = False,
+) -> Batch:
+    """`decode_files` for (name, bytes) pairs held in memory (a service's uploads): the same
+    decoding and fitting, without writing them to disk. Problems name the files by `name`."""
+    decoded = [decode_image_bytes(data, name, expected_px=None) for name, data in files]
+    names = [name for name, _ in files]
+    return _fitted_batch(
+        [Path(n).stem for n in names], names, decoded, size_px, resize, center_crop
+    )
+
+
+def _fitted_batch(
+    ids: list[str],
+    origins: list[str],
+    decoded: Sequence[Decoded],
+    size_px: int,
+    resize: bool,
+    center_crop: bool,
+) -> Batch:
+    """One Batch of the decoded images that fit `size_px` (errors listed for the others)."""
+    pixels = np.empty((len(decoded), size_px, size_px, 3), dtype=np.uint8)
     errors: list[str | None] = []
     n_ok = 0
-    for path in paths:
-        decoded = decode_image(path, expected_px=None)
-        image, error = decoded.pixels, None
-        if decoded.problem is not None and decoded.problem.kind != CONVERTED:
-            error = decoded.problem.reason
+    for one in decoded:
+        image, error = one.pixels, None
+        if one.problem is not None and one.problem.kind != CONVERTED:
+            error = one.problem.reason
         if image is not None and error is None:
             image, error = fit_to_size(image, size_px, resize, center_crop)
         if image is not None and error is None:
             pixels[n_ok] = image
             n_ok += 1
         errors.append(error)
-    return Batch([p.stem for p in paths], [str(p) for p in paths], errors, pixels[:n_ok])
+    return Batch(ids, origins, errors, pixels[:n_ok])
 
 
 def _fit_array(pixels: np.ndarray, size_px: int, resize: bool, crop: bool) -> np.ndarray:

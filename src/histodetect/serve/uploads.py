@@ -1,12 +1,11 @@
-"""What clients send: patch files (sniffed, size-checked, then decoded by `predict`'s own
-`decode_files`), slide files, and slide names inside --slides-dir (never a path outside it)."""
+"""What clients send: patch files (sniffed, size-checked, then decoded in memory by `predict`'s
+own decoding, `decode_buffers`), slide files, and slide names inside --slides-dir (never a path outside it)."""
 
 from __future__ import annotations
 
 import io
 import re
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -68,26 +67,21 @@ def decode_patches(
         ApiError: 413 for too many files or pixels, 415 for content that is not PNG, JPEG or
             TIFF, 422 for a file that cannot be decoded or has the wrong size (naming it).
     """
-    from histodetect.inference.inputs import decode_files
+    from histodetect.inference.inputs import decode_buffers
 
     _check_request(uploads, limits, resize, center_crop)
-    checked = [check_patch_file(upload, limits) for upload in uploads]
-    total = sum(pixels for _, pixels in checked)
+    total = sum(check_patch_file(upload, limits)[1] for upload in uploads)
     if total > limits.max_request_pixels:
         raise ApiError(
             413, f"the {len(uploads)} files hold {total:,} pixels together, more than this "
             f"server decodes for one request ({limits.max_request_pixels:,}); send fewer.",
         )  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="histodetect-serve-") as tmp:
-        paths = [Path(tmp) / f"{i:05d}{suffix}" for i, (suffix, _) in enumerate(checked)]
-        for path, upload in zip(paths, uploads, strict=True):
-            path.write_bytes(upload.data)
-        batch = decode_files(paths, size_px, resize=resize, center_crop=center_crop)
-    for upload, path, error in zip(uploads, paths, batch.errors, strict=True):
+    names = [client_name(upload.name) for upload in uploads]
+    files = [(name, upload.data) for name, upload in zip(names, uploads, strict=True)]
+    batch = decode_buffers(files, size_px, resize=resize, center_crop=center_crop)
+    for name, error in zip(names, batch.errors, strict=True):
         if error is not None:
-            name = client_name(upload.name)
-            reason = api_wording(error.replace(str(path), name))  # no server paths to clients
-            raise ApiError(422, f"{name} {reason}.", name)
+            raise ApiError(422, f"{name} {api_wording(error)}.", name)
     return [patch_id(upload.name) for upload in uploads], batch.pixels
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -49,16 +51,42 @@ def decode_image(path: Path | str, expected_px: int | None = PATCH_SIZE_PX) -> D
     if Path(path).is_symlink() and not Path(path).exists():
         reason = f"is a broken symbolic link (its target {Path(path).readlink()} does not exist)"
         return Decoded(None, Problem(origin, UNREADABLE, reason))
+    is_tiff = Path(path).suffix.lower() in {".tif", ".tiff"}
+    return _decode(path, origin, is_tiff, expected_px)
+
+
+def decode_image_bytes(
+    data: bytes, origin: str, expected_px: int | None = PATCH_SIZE_PX
+) -> Decoded:
+    """`decode_image` for an image file held in memory (an upload), without touching the disk.
+
+    Args:
+        data: the file's bytes (PNG, JPEG or TIFF; the content decides, not a name).
+        origin: the name problems are reported under.
+        expected_px: required side in pixels; None accepts any size.
+    """
+    return _decode(io.BytesIO(data), origin, data[:4] in TIFF_MAGIC, expected_px)
+
+
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+"""First four bytes of a TIFF (classic and BigTIFF, either byte order)."""
+
+
+def _decode(
+    source: Path | str | BinaryIO, origin: str, is_tiff: bool, expected_px: int | None
+) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 pixels, notes = _rgb_pixels(image)
     except _RefusedError as refused:
         return Decoded(None, Problem(origin, NOT_RGB, str(refused)))
     except Exception as exc:
-        return _decode_with_tifffile(path) or Decoded(
-            None, Problem(origin, UNREADABLE, f"cannot be read as an image ({_short(exc)})")
+        fallback = _decode_with_tifffile(source, origin) if is_tiff else None
+        said = _short(exc).replace(repr(source), repr(origin))  # a buffer is named as its origin
+        return fallback or Decoded(
+            None, Problem(origin, UNREADABLE, f"cannot be read as an image ({said})")
         )
     if expected_px is not None and pixels.shape[:2] != (expected_px, expected_px):
         h, w = pixels.shape[:2]
@@ -87,14 +115,14 @@ def _rgb_pixels(image: Image.Image) -> tuple[np.ndarray, list[str]]:
     return pixels, notes
 
 
-def _decode_with_tifffile(path: Path | str) -> Decoded | None:
+def _decode_with_tifffile(source: Path | str | BinaryIO, origin: str) -> Decoded | None:
     """Second chance for TIFFs Pillow cannot open (16-bit RGB, unusual layouts)."""
-    if Path(path).suffix.lower() not in {".tif", ".tiff"}:
-        return None
     try:
         import tifffile
 
-        arr = tifffile.imread(path)
+        if not isinstance(source, (str, Path)):
+            source.seek(0)
+        arr = tifffile.imread(source)
     except Exception:
         return None
     if arr.dtype != np.uint8:
@@ -103,10 +131,10 @@ def _decode_with_tifffile(path: Path | str) -> Decoded | None:
             f"has {8 * arr.dtype.itemsize}-bit {kind} pixels ({arr.dtype}); histodetect needs "
             "8-bit RGB: convert it to 8 bits per channel first"
         )
-        return Decoded(None, Problem(str(path), NOT_RGB, reason))
+        return Decoded(None, Problem(origin, NOT_RGB, reason))
     if arr.ndim == 3 and arr.shape[2] == 3:
         return Decoded(np.ascontiguousarray(arr), None)
-    return Decoded(None, Problem(str(path), NOT_RGB, f"has shape {arr.shape}, not H x W x 3"))
+    return Decoded(None, Problem(origin, NOT_RGB, f"has shape {arr.shape}, not H x W x 3"))
 
 
 def _more_than_8_bits(image: Image.Image) -> bool:
