@@ -139,3 +139,29 @@ def test_ddp_two_processes_on_cpu(store_path: Path, tmp_path: Path) -> None:
     n_train = json.loads((run / "run_info.json").read_text())["n_train"]
     assert summary["global_step"] == (n_train // 2) // 16
     assert (run / "model.pt").is_file()
+
+
+def test_compile_trains_through_the_compiled_module(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--compile` used to crash on its first step: `compiled or model` asked the compiled
+    # module for len(). The eager dynamo backend keeps this fast; the wrapper is the same.
+    import torch
+
+    real_compile = torch.compile
+    compiled: list[torch.nn.Module] = []
+
+    def eager_compile(model: torch.nn.Module) -> torch.nn.Module:
+        compiled.append(real_compile(model, backend="eager"))
+        return compiled[-1]
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    tiny = {"model": "histocnn", "model_kwargs": tiny_model_kwargs("histocnn")}
+    config = resolve_config(
+        str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32, compile=True, **tiny
+    )
+    result = fit(config, progress=False)
+    assert result.epochs_run == 1 and len(compiled) == 1
+    loaded = load_checkpoint(tmp_path / "run")
+    # The file holds the plain model's parameter names, not the compiled wrapper's.
+    assert not any("_orig_mod" in key for key in loaded.model.state_dict())

@@ -57,8 +57,10 @@ class PatchClassifier(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits (b,) for normalised float images (b, 3, S, S)."""
-        model = self.__dict__["_compiled"] or self.model
-        return model(x)
+        # `is None`, not `or`: a compiled module's truthiness calls len(), which raises for
+        # models that are not containers (HistoCNN under --compile, found by bench_train).
+        compiled = self.__dict__["_compiled"]
+        return (self.model if compiled is None else compiled)(x)
 
     def on_fit_start(self) -> None:
         # Augmentation randomness lives on the training device and differs per process.
