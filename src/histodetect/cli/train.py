@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mpp", type=float, help="microns per pixel of the patches (default 0.972, PCam's)"
     )
     parser.add_argument(
-        "--ema-decay", type=float, help="EMA of the weights per step (default 0.998; 0 = off)"
+        "--ema-decay", type=float, help="EMA of the weights per step (default 0.99; 0 = off)"
     )
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
     parser.add_argument("--devices", help="number of devices per node, or auto")

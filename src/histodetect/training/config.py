@@ -57,7 +57,7 @@ class TrainConfig:
     model: str = "histocnn"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     crop_px: int | None = None
-    epochs: int = 12
+    epochs: int = 16
     batch_size: int = 128
     optimizer: str = "adamw"
     lr: float = 3e-3
@@ -72,7 +72,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0
     checkpoint_every_steps: int = 200
     precision: str = "auto"
-    ema_decay: float = 0.998
+    ema_decay: float = 0.99
     mpp: float = 0.972
     accelerator: str = "auto"
     devices: str = "auto"
