@@ -1,4 +1,4 @@
-"""Tests for batched on-device augmentation (D4, HED stain jitter, colour jitter)."""
+"""Tests for batched on-device augmentation (D4, HED stain jitter, blur, colour jitter)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ from histodetect.augment import (
     colour_jitter,
     d4_mean,
     d4_transforms,
+    gaussian_blur,
     hed_jitter,
     invert_d4,
+    random_blur,
     random_d4,
     random_d4_with_index,
 )
@@ -138,6 +140,46 @@ def test_colour_jitter_range_and_zero_strength() -> None:
     assert float((out - x).abs().mean()) > 1e-2
 
 
+def test_gaussian_blur_matches_scipy_per_image() -> None:
+    ndimage = pytest.importorskip("scipy.ndimage")
+    x = _images(3, 20)
+    sigma = torch.tensor([0.0, 0.7, 1.5])
+    out = gaussian_blur(x, sigma, max_sigma=1.5)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    torch.testing.assert_close(out[0], x[0], atol=1e-6, rtol=0)  # sigma 0: unchanged
+    for i in (1, 2):
+        # torch's "reflect" padding is scipy's "mirror"; radius ceil(3 * max_sigma) = 5.
+        expected = ndimage.gaussian_filter(
+            x[i].numpy(), float(sigma[i]), mode="mirror", radius=5, axes=(1, 2)
+        )
+        torch.testing.assert_close(out[i], torch.from_numpy(expected), atol=1e-5, rtol=0)
+
+
+def test_random_blur_smooths_and_keeps_the_mean() -> None:
+    x = _tissue_like(8, 32)
+    out = random_blur(x, 1.5, torch.Generator().manual_seed(0))
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+    # Less pixel-to-pixel variation, the same average colour (a blur moves no mass).
+    assert float(out.diff(dim=3).abs().mean()) < 0.8 * float(x.diff(dim=3).abs().mean())
+    torch.testing.assert_close(out.mean(dim=(2, 3)), x.mean(dim=(2, 3)), atol=5e-3, rtol=0)
+    assert torch.equal(random_blur(x, 0.0), x)
+
+
+def test_blur_is_off_by_default_and_draws_nothing_then() -> None:
+    # Existing runs reproduce exactly: with blur off, apply_augment draws what it drew before.
+    x = _tissue_like(8, 12)
+    assert not AugmentConfig().blur
+    plain = apply_augment(x, AugmentConfig(), torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(5)
+    expected = colour_jitter(
+        hed_jitter(random_d4(x, generator), 0.1, 0.1, generator), 0.15, 0.2, 0.2, generator
+    )
+    assert torch.equal(plain, expected)
+    blurred = apply_augment(x, AugmentConfig(blur=True), torch.Generator().manual_seed(5))
+    again = apply_augment(x, AugmentConfig(blur=True), torch.Generator().manual_seed(5))
+    assert torch.equal(blurred, again) and not torch.equal(blurred, plain)
+
+
 def test_same_seed_same_output_different_seed_differs() -> None:
     x = _tissue_like(8, 12)
     cfg = AugmentConfig()
@@ -158,9 +200,11 @@ def test_config_round_trip_and_validation() -> None:
     assert AugmentConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     assert AugmentConfig.from_dict({}) == AugmentConfig()
     with pytest.raises(HistodetectError, match="unknown augmentation keys"):
-        AugmentConfig.from_dict({"blur": True})
+        AugmentConfig.from_dict({"sharpen": True})
     with pytest.raises(HistodetectError):
         AugmentConfig(brightness=-0.1)
+    with pytest.raises(HistodetectError, match="blur_sigma"):
+        AugmentConfig(blur_sigma=6.0)
     with pytest.raises(HistodetectError):
         AugmentConfig(d4="yes")  # type: ignore[arg-type]
 

@@ -1,4 +1,4 @@
-"""Batched on-device augmentation of float (N, 3, H, W) images in [0, 1]: D4, HED stain, colour.
+"""Batched on-device augmentation of float (N, 3, H, W) images in [0, 1]: D4, HED, blur, colour.
 
 Every function takes and returns a tensor on the same device, draws its randomness from an
 optional ``torch.Generator`` (which must live on that device) in a fixed order, so a seeded
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -225,6 +226,42 @@ def colour_jitter(
     return ((x - grey) * saturation_factor.to(x.dtype) + grey).clamp(0.0, 1.0)
 
 
+def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, max_sigma: float) -> torch.Tensor:
+    """Blur each image with its own Gaussian (separable, mirrored borders, no host sync).
+
+    Args:
+        x: Float images (N, 3, H, W).
+        sigma: (N,) standard deviations in pixels, each in [0, max_sigma]; 0 leaves the image
+            unchanged.
+        max_sigma: Fixes the kernel radius, ceil(3 * max_sigma) (at most H - 1 and W - 1).
+
+    Returns:
+        Blurred (N, 3, H, W) images, same dtype and device as ``x``.
+    """
+    _check_images(x)
+    n, c, h, w = x.shape
+    radius = min(math.ceil(3 * max_sigma), h - 1, w - 1)
+    if radius <= 0:
+        return x
+    taps = torch.arange(-radius, radius + 1, device=x.device, dtype=torch.float32)
+    spread = sigma.to(torch.float32).clamp(min=1e-3).reshape(n, 1)
+    kernel = torch.exp(-0.5 * (taps / spread) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0).to(x.dtype)
+    flat = torch.nn.functional.pad(x.reshape(1, n * c, h, w), (radius,) * 4, mode="reflect")
+    rows = torch.nn.functional.conv2d(flat, kernel.reshape(n * c, 1, -1, 1), groups=n * c)
+    out = torch.nn.functional.conv2d(rows, kernel.reshape(n * c, 1, 1, -1), groups=n * c)
+    return out.reshape(n, c, h, w)
+
+
+def random_blur(
+    x: torch.Tensor, max_sigma: float = 1.5, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Gaussian blur with a sigma drawn per image from U(0, max_sigma): focus varies across a
+    slide and between scanners (`evaluation.shifts.blur` tests sigma 1.2 px)."""
+    sigma = _uniform((x.shape[0],), 0.0, max_sigma, generator, x.device)
+    return gaussian_blur(x, sigma, max_sigma)
+
+
 # ----------------------------------------------------------------------------- config
 
 
@@ -241,6 +278,8 @@ class AugmentConfig:
         brightness: Brightness half-width, in [0, 1].
         contrast: Contrast half-width, in [0, 1].
         saturation: Saturation half-width, in [0, 1].
+        blur: Gaussian blur with a per-image sigma (`random_blur`); off by default.
+        blur_sigma: Largest sigma in pixels, in [0, 5].
     """
 
     d4: bool = True
@@ -251,14 +290,16 @@ class AugmentConfig:
     brightness: float = 0.15
     contrast: float = 0.2
     saturation: float = 0.2
+    blur: bool = False
+    blur_sigma: float = 1.5
 
     def __post_init__(self) -> None:
         """Validate ranges so a bad config fails at load time, not mid-training."""
-        for name in ("d4", "hed", "colour"):
+        for name in ("d4", "hed", "colour", "blur"):
             if not isinstance(getattr(self, name), bool):
                 raise HistodetectError(f"AugmentConfig.{name} must be true or false.")
         limits = {"hed_sigma": 0.999, "hed_bias": 13.8, "brightness": 1.0}
-        limits |= {"contrast": 1.0, "saturation": 1.0}
+        limits |= {"contrast": 1.0, "saturation": 1.0, "blur_sigma": 5.0}
         for name, high in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
@@ -269,7 +310,7 @@ class AugmentConfig:
     @classmethod
     def none(cls) -> AugmentConfig:
         """No augmentation at all (the seed preset)."""
-        return cls(d4=False, hed=False, colour=False)
+        return cls(d4=False, hed=False, colour=False, blur=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict that `from_dict` accepts."""
@@ -285,7 +326,7 @@ class AugmentConfig:
 def apply_augment(
     x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Run the enabled augmentations in order D4 → HED → colour on a training batch.
+    """Run the enabled augmentations in order D4 → HED → blur → colour on a training batch.
 
     Args:
         x: Float images (N, 3, S, S) in [0, 1] on any device.
@@ -300,6 +341,8 @@ def apply_augment(
         x = random_d4(x, generator)
     if cfg.hed:
         x = hed_jitter(x, cfg.hed_sigma, cfg.hed_bias, generator)
+    if cfg.blur:  # after the stain (tissue), before the colour (scanner); off: no draws
+        x = random_blur(x, cfg.blur_sigma, generator)
     if cfg.colour:
         x = colour_jitter(x, cfg.brightness, cfg.contrast, cfg.saturation, generator)
     return x

@@ -18,8 +18,8 @@ def test_models_lists_sizes_and_default(capsys: pytest.CaptureFixture[str]) -> N
     [
         (["train", "--data", "STORE"], "give --data STORE and --out RUN_FOLDER"),
         (
-            ["train", "--data", "STORE", "--out", "RUN", "--augment", "d4,blur"],
-            "unknown augmentation blur",
+            ["train", "--data", "STORE", "--out", "RUN", "--augment", "d4,sharpen"],
+            "unknown augmentation sharpen",
         ),
         (["train", "--resume", "RUN"], "is not a training run"),
         (
@@ -40,3 +40,13 @@ def test_bad_training_input(
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_augment_option_switches_names_and_strengths() -> None:
+    from histodetect.augment import AugmentConfig
+    from histodetect.cli.train import _augment
+
+    cfg = _augment("d4,hed,colour,blur,blur_sigma=1.0,hed_sigma=0.05")
+    assert cfg == AugmentConfig(blur=True, blur_sigma=1.0, hed_sigma=0.05)
+    assert _augment("none") == AugmentConfig.none()
+    assert _augment("d4") == AugmentConfig(hed=False, colour=False, blur=False)

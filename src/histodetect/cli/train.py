@@ -10,7 +10,7 @@ from typing import Any
 from histodetect.cli import options
 
 HELP = "train a model on a patch store; --preset seed reproduces the original write-up"
-AUGMENTATIONS = ("d4", "hed", "colour")
+AUGMENTATIONS = ("d4", "hed", "colour", "blur")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment",
         help=f"comma list of {', '.join(AUGMENTATIONS)}, or 'none', and NAME=VALUE strengths "
-        "(hed_sigma, hed_bias, brightness, contrast, saturation); default: the preset's",
+        "(hed_sigma, hed_bias, brightness, contrast, saturation, blur_sigma); default: the preset's",
     )
     parser.add_argument(
         "--early-stop", dest="early_stop_patience", type=int, help="patience in epochs; 0 = off"
@@ -86,7 +86,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _augment(text: str | None) -> Any:
-    """--augment: names to switch on (d4, hed, colour, or none) and NAME=VALUE strengths, e.g.
+    """--augment: names to switch on (d4, hed, colour, blur, or none) and NAME=VALUE strengths, e.g.
     ``d4,hed,colour,hed_sigma=0.05,brightness=0.1``; unnamed strengths keep their defaults."""
     from histodetect.augment import AugmentConfig
     from histodetect.errors import HistodetectError
@@ -108,7 +108,7 @@ def _augment(text: str | None) -> Any:
             strengths[key.strip()] = float(value)
         except ValueError:
             raise HistodetectError(f"--augment: {item!r} needs a number after '='.") from None
-    flags = {"d4": "d4" in names, "hed": "hed" in names, "colour": "colour" in names}
+    flags = {name: name in names for name in AUGMENTATIONS}
     return AugmentConfig.from_dict({**flags, **strengths})
 
 
