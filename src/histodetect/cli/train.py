@@ -11,6 +11,9 @@ from histodetect.cli import options
 
 HELP = "train a model on a patch store; --preset seed reproduces the original write-up"
 AUGMENTATIONS = ("d4", "hed", "colour", "blur")
+STRENGTH_OF = {"hed_sigma": "hed", "hed_bias": "hed", "brightness": "colour", "contrast": "colour",
+               "saturation": "colour", "blur_sigma": "blur"}  # fmt: skip
+"""The augmentation each --augment NAME=VALUE strength belongs to."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -108,8 +111,18 @@ def _augment(text: str | None) -> Any:
             strengths[key.strip()] = float(value)
         except ValueError:
             raise HistodetectError(f"--augment: {item!r} needs a number after '='.") from None
+    idle = [key for key in strengths if key in STRENGTH_OF and STRENGTH_OF[key] not in names]
+    if idle:
+        # A strength of a switched-off augmentation would be silently ignored.
+        owner = STRENGTH_OF[idle[0]]
+        raise HistodetectError(
+            f"--augment: {idle[0]} has no effect without {owner}; add {owner} to the list."
+        )
     flags = {name: name in names for name in AUGMENTATIONS}
-    return AugmentConfig.from_dict({**flags, **strengths})
+    try:
+        return AugmentConfig.from_dict({**flags, **strengths})
+    except HistodetectError as exc:  # name the option, not the config class
+        raise HistodetectError(f"--augment: {str(exc).removeprefix('AugmentConfig.')}") from None
 
 
 def run(args: argparse.Namespace) -> int:
