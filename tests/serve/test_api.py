@@ -97,6 +97,29 @@ def test_resize_and_center_crop_fields(make_client: Any, rng: np.random.Generato
     assert client.post("/v1/predict", files=[big], data={"center_crop": "true"}).status_code == 200
     both = client.post("/v1/predict", files=[big], data={"resize": "true", "center_crop": "true"})
     assert both.status_code == 422
+    zero = client.post("/v1/predict", files=[big], data={"resize": "0"})
+    assert zero.status_code == 422 and "128x128" in zero.json()["error"]  # "0" is false
+
+
+def test_form_fields_are_checked_with_sentences(
+    make_client: Any, valid_patches: list[Path]
+) -> None:
+    client = make_client()
+    one = [upload(valid_patches[0])]
+    maybe = client.post("/v1/predict", files=one, data={"resize": "maybe"})
+    assert maybe.status_code == 422 and "'resize'" in maybe.json()["error"]
+    unknown = client.post("/v1/predict", files=one, data={"treshold": "0.3"})
+    assert unknown.status_code == 422 and "'treshold'" in unknown.json()["error"]
+    text = client.post("/v1/predict", data={"files": "not a file"})
+    assert text.status_code == 422 and "must hold files" in text.json()["error"]
+    # the hand-written form is what /docs shows: files as a binary array, two boolean flags
+    body = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+    schema = body["content"]["multipart/form-data"]["schema"]
+    assert schema["required"] == ["files"]
+    assert schema["properties"]["files"]["items"]["format"] == "binary"
+    assert {schema["properties"][f]["type"] for f in ("resize", "center_crop")} == {"boolean"}
+    response = client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["responses"]
+    assert "PredictResponse" in str(response["200"]) and "413" in response
 
 
 def test_explain_gives_probability_and_overlay(make_client: Any, valid_patches: list[Path]) -> None:
@@ -197,6 +220,9 @@ def test_limits_on_requests(
     client = make_client(limits=limits)
     too_many = client.post("/v1/predict", files=[upload(p) for p in valid_patches[:4]])
     assert too_many.status_code == 413 and "at most 3" in too_many.json()["error"]
+    # far more than the limit: the form parser stops early, with the same status and sentence
+    far_too_many = client.post("/v1/predict", files=[upload(p) for p in valid_patches[:9]])
+    assert far_too_many.status_code == 413 and "more than 3" in far_too_many.json()["error"]
     pixels = client.post(
         "/v1/predict",
         files=[("files", ("wide.png", png_bytes(random_patch(rng, 128)), "image/png"))],

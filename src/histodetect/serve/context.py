@@ -9,6 +9,7 @@ import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -63,16 +64,25 @@ class ServerContext:
             tta=bool(getattr(self.predictor, "tta", False)),
         )
 
-    def predictions(self, ids: list[str], probabilities: np.ndarray) -> list[Prediction]:
-        """One Prediction per id: the probability and the class at the spec's threshold."""
+    def predict_body(self, ids: list[str], probabilities: np.ndarray) -> dict[str, Any]:
+        """The JSON of a `PredictResponse`: the predictions and the model brief."""
+        return {"predictions": self.prediction_rows(ids, probabilities),
+                "model": self.brief.model_dump()}  # fmt: skip
+
+    def prediction_rows(self, ids: list[str], probabilities: np.ndarray) -> list[dict[str, Any]]:
+        """One `Prediction` as plain JSON per id: the probability and the class at the spec's
+        threshold (POST /v1/predict answers with these directly, without pydantic's round trip)."""
         spec = self.predictor.spec
-        rows = []
-        for patch_id, probability in zip(ids, probabilities.tolist(), strict=True):
-            label = int(probability >= spec.threshold)
-            record = {"id": patch_id, "probability": probability, "class": label}
-            record["class_name"] = spec.class_names[label]
-            rows.append(Prediction.model_validate(record))
-        return rows
+        names = spec.class_names
+        return [
+            {"id": patch_id, "probability": p, "class": int(p >= spec.threshold),
+             "class_name": names[int(p >= spec.threshold)]}
+            for patch_id, p in zip(ids, probabilities.tolist(), strict=True)
+        ]  # fmt: skip
+
+    def predictions(self, ids: list[str], probabilities: np.ndarray) -> list[Prediction]:
+        """`prediction_rows` as pydantic models."""
+        return [Prediction.model_validate(row) for row in self.prediction_rows(ids, probabilities)]
 
     def model_response(self) -> ModelResponse:
         """The ModelSpec, the model card and the resolution the model works at."""
