@@ -4,7 +4,8 @@ numbers of concurrent clients, with and without micro-batching, against the batc
 
 Usage: python benchmarks/bench_serve.py [--clients 1,8,32] [--requests 400] [--time-cap-s 60]
                                         [--cli-patches 1024] [--model M] [--device cpu]
-                                        [--client raw|httpx]
+                                        [--client raw|httpx] [--server-threads N]
+                                        [--max-wait-ms MS]
 
 Each client sends one real PCam valid patch (JPEG) per POST /v1/predict and waits for the
 answer before sending the next. Every configuration sends a fixed number of requests and stops
@@ -86,12 +87,18 @@ def cli_rate(files: list[Path], model: str | None, device: str) -> float:
 
 
 def start_server(
-    model: str | None, device: str, batching: bool
+    model: str | None,
+    device: str,
+    batching: bool,
+    threads: int | None = None,
+    max_wait_ms: float | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, "-m", "histodetect", "serve", "--port", "0", "--device", device]
     command += [] if batching else ["--no-batching"]
+    command += [] if max_wait_ms is None else ["--max-wait-ms", str(max_wait_ms)]
     command += ["--model", model] if model else []
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     for line in process.stdout:
         found = re.search(r"Serving on (http://\S+/) ", line)
@@ -202,7 +209,9 @@ def health(url: str) -> dict[str, int]:
 def run_server_configs(args: argparse.Namespace, payloads: list[bytes]) -> list[LoadResult]:
     results = []
     for batching in (True, False):
-        process, url = start_server(args.model, args.device, batching)
+        process, url = start_server(
+            args.model, args.device, batching, args.server_threads, args.max_wait_ms
+        )
         try:
             loader = load_raw if args.client == "raw" else load
             asyncio.run(loader(url, payloads, 4, 16, 30))  # warm-up, not counted
@@ -245,6 +254,10 @@ def main() -> None:
     parser.add_argument("--cli-patches", type=int, default=1024)
     parser.add_argument("--model", help="model.pt or run folder (default: bundled)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--max-wait-ms", type=float, help="the server's (default: its default)")
+    parser.add_argument(
+        "--server-threads", type=int, help="OMP_NUM_THREADS of the server (default: inherited)"
+    )
     parser.add_argument(
         "--client", choices=("raw", "httpx"), default="raw",
         help="load generator: raw keep-alive sockets (default, ~0.1 ms CPU per request) or httpx",
@@ -253,9 +266,14 @@ def main() -> None:
 
     load_before = os.getloadavg()
     files = patch_files(args.cli_patches)
-    rate = cli_rate(files, args.model, args.device)
+    # The CLI rate is measured before and after the service and averaged: on a shared virtual
+    # machine the CPU's speed drifts by up to a third over minutes, and one side alone would
+    # put that drift into the ratio.
+    before = cli_rate(files, args.model, args.device)
     payloads = [p.read_bytes() for p in files[:256]]
     results = run_server_configs(args, payloads)
+    after = cli_rate(files, args.model, args.device)
+    rate = (before + after) / 2
     load_after = os.getloadavg()
 
     import torch
@@ -263,9 +281,13 @@ def main() -> None:
     print(
         f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
         f"device {args.device}; load average (1 min) {load_before[0]:.1f} before, {load_after[0]:.1f} after; "
-        f"client {args.client}."
+        f"client {args.client}; server threads {args.server_threads or 'inherited'}; "
+        f"max wait {args.max_wait_ms if args.max_wait_ms is not None else 'default'} ms."
     )
-    print(f"CLI batch predict (predict_paths, {len(files)} files): {rate:.0f} patches/s\n")
+    print(
+        f"CLI batch predict (predict_paths, {len(files)} files): {rate:.0f} patches/s "
+        f"(mean of {before:.0f} before and {after:.0f} after the service)\n"
+    )
     print(
         "| server | clients | requests answered | p50 ms | p95 ms | p99 ms | patches/s | / CLI "
         "| patches per forward pass | server CPU ms/request | client CPU ms/request |"
