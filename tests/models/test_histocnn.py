@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 
 from histodetect.errors import HistodetectError
 from histodetect.models import count_parameters, create_model
+from histodetect.models.pool_order import relu_before_pool
 
 
 @pytest.mark.parametrize("size_px", [32, 96])
@@ -55,3 +58,46 @@ def test_default_size_and_convs_per_block() -> None:
 def test_bad_options_are_one_sentence(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(HistodetectError, match=match):
         create_model("histocnn", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [("histocnn", {"conv_channels": (4, 8)}), ("seed_cnn", {"input_size_px": 45})],
+)
+def test_relu_after_the_pool_is_the_textbook_network(name: str, kwargs: dict[str, object]) -> None:
+    """The blocks run max-pool before their last ReLU (faster); values, gradients and parameter
+    names are those of conv-ReLU-pool (`relu_before_pool`, which export uses), so older
+    checkpoints load and train the same. The odd seed_cnn size checks the pool's floor rounding
+    too."""
+    torch.manual_seed(0)
+    model = create_model(name, **kwargs).eval()
+    textbook = relu_before_pool(model)
+    assert _pools_before_relu(model) == _n_pools(model) > 0  # every pool runs before a ReLU
+    assert _pools_before_relu(textbook) == 0  # the copy is the textbook order
+    assert list(model.state_dict()) == list(textbook.state_dict())
+    size = int(kwargs.get("input_size_px", 96))  # type: ignore[call-overload]
+    x = torch.randn(4, 3, size, size)
+    x_copy = x.clone().requires_grad_()
+    x.requires_grad_()
+    model(x).sum().backward()
+    textbook(x_copy).sum().backward()
+    assert torch.equal(model(x), textbook(x_copy))
+    assert torch.equal(x.grad, x_copy.grad)
+    for (key, p), (_, q) in zip(model.named_parameters(), textbook.named_parameters(), strict=True):
+        assert p.grad is not None and torch.equal(p.grad, q.grad), key
+
+
+def _n_pools(model: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.MaxPool2d) for m in model.modules())
+
+
+def _pools_before_relu(model: torch.nn.Module) -> int:
+    """MaxPool2d modules directly followed by a ReLU in their Sequential."""
+    count = 0
+    for block in model.modules():
+        if isinstance(block, torch.nn.Sequential):
+            children = list(block)
+            pairs = itertools.pairwise(children)
+            count += sum(isinstance(a, torch.nn.MaxPool2d) and isinstance(b, torch.nn.ReLU)
+                         for a, b in pairs)  # fmt: skip
+    return count

@@ -41,6 +41,7 @@ from histodetect.inference.backends.onnx import (
 )
 from histodetect.models import spec as spec_module
 from histodetect.models.checkpoint import load_checkpoint
+from histodetect.models.pool_order import relu_before_pool
 from histodetect.models.spec import ModelSpec, logits_to_probability, prepare_batch
 
 INSTALL_HINT = "pip install -c constraints.txt -e '.[onnx]'"
@@ -111,7 +112,8 @@ def export_onnx(
     _check_out(out, overwrite)
     _require_exporter()
     loaded = load_checkpoint(model_path)
-    deployable = DeployableModel(loaded.model.eval(), loaded.spec).eval()
+    model = relu_before_pool(loaded.model).eval()  # what the int8 quantiser handles
+    deployable = DeployableModel(model, loaded.spec).eval()
     calibration = None
     if int8_calibration:
         from histodetect.export.quantize import calibration_patches

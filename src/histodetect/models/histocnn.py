@@ -34,6 +34,8 @@ average pooling (position-blind; kept for ablations)."""
 
 
 def _conv_block(in_channels: int, out_channels: int, n_convs: int) -> nn.Sequential:
+    """(Conv-BN-ReLU) x n, then max-pool, computed with the last ReLU after the pool: the same
+    network, faster (`histodetect.models.pool_order`)."""
     layers: list[nn.Module] = []
     for index in range(n_convs):
         conv_in = in_channels if index == 0 else out_channels
@@ -42,7 +44,7 @@ def _conv_block(in_channels: int, out_channels: int, n_convs: int) -> nn.Sequent
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         ]
-    layers.append(nn.MaxPool2d(2))
+    layers[-1:] = [nn.MaxPool2d(2), nn.ReLU(inplace=True)]
     return nn.Sequential(*layers)
 
 

@@ -8,7 +8,6 @@ eagerly under autocast, as on GPUs.
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import numpy as np
@@ -19,6 +18,7 @@ from histodetect.augment import apply_d4
 from histodetect.errors import HistodetectError
 from histodetect.hardware import autocast, resolve_precision, use_channels_last
 from histodetect.inference.backends import N_TTA_VIEWS
+from histodetect.models.pool_order import relu_before_pool
 from histodetect.models.spec import ModelSpec, prepare_batch
 
 
@@ -78,7 +78,9 @@ def fused_cpu_bf16(model: nn.Module, input_size_px: int) -> torch.jit.ScriptModu
     example = torch.zeros((2, 3, input_size_px, input_size_px), dtype=torch.bfloat16)
     try:
         torch.jit.enable_onednn_fusion(True)  # a flag of TorchScript graphs only
-        twin = copy.deepcopy(model).eval().bfloat16().to(memory_format=memory_format)  # type: ignore[call-overload]
+        # A copy in the textbook conv-BN-ReLU-pool order: oneDNN's graph fuses conv + BN + ReLU
+        # and cannot add a ReLU after a pool (histodetect.models.pool_order).
+        twin = relu_before_pool(model).eval().bfloat16().to(memory_format=memory_format)  # type: ignore[call-overload]
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and TorchScript notices, not for users
             example = example.contiguous(memory_format=memory_format)
