@@ -61,10 +61,12 @@ def test_bad_options_are_one_sentence(kwargs: dict[str, object], match: str) -> 
 
 
 @pytest.mark.parametrize(
-    ("name", "kwargs"),
-    [("histocnn", {"conv_channels": (4, 8)}), ("seed_cnn", {"input_size_px": 45})],
+    ("name", "size", "kwargs"),
+    [("histocnn", 96, {"conv_channels": (4, 8)}), ("seed_cnn", 45, {"input_size_px": 45})],
 )
-def test_relu_after_the_pool_is_the_textbook_network(name: str, kwargs: dict[str, object]) -> None:
+def test_relu_after_the_pool_is_the_textbook_network(
+    name: str, size: int, kwargs: dict[str, object]
+) -> None:
     """The blocks run max-pool before their last ReLU (faster); values, gradients and parameter
     names are those of conv-ReLU-pool (`relu_before_pool`, which export uses), so older
     checkpoints load and train the same. The odd seed_cnn size checks the pool's floor rounding
@@ -75,7 +77,6 @@ def test_relu_after_the_pool_is_the_textbook_network(name: str, kwargs: dict[str
     assert _pools_before_relu(model) == _n_pools(model) > 0  # every pool runs before a ReLU
     assert _pools_before_relu(textbook) == 0  # the copy is the textbook order
     assert list(model.state_dict()) == list(textbook.state_dict())
-    size = int(kwargs.get("input_size_px", 96))  # type: ignore[call-overload]
     x = torch.randn(4, 3, size, size)
     x_copy = x.clone().requires_grad_()
     x.requires_grad_()

@@ -1,12 +1,13 @@
-"""Where the ReLU before a max-pool runs: after the pool for training, before it for export.
+"""Where the ReLU next to a max-pool runs: after the pool in eager models, before it in graphs.
 
 histocnn and seed_cnn run each block's last ReLU after its max-pool: max(relu(a), relu(b)) =
 relu(max(a, b)) exactly (ReLU is monotone), with the same gradients, so the network is the
 textbook conv-ReLU-pool one while the ReLU and its backward pass touch a quarter of the values
-(about 8% faster training steps on CPU; docs/BENCHMARKS.md, issue 10). ONNX Runtime's int8
-quantiser does not handle MaxPool -> Relu (a Relu is folded into the range of the node before
-it, which a pool must share with its input: probabilities off by up to 0.99), so `export`
-writes the textbook order.
+(7-10% faster training steps on CPU; docs/BENCHMARKS.md, issue 10). Graph builders want the
+textbook order back: oneDNN's fused bf16 graph (`inference.backends.torch.fused_cpu_bf16`) fuses
+conv + BN + ReLU and cannot add a ReLU after a pool, and ONNX Runtime's int8 quantiser
+mishandles MaxPool -> Relu (probabilities off by up to 0.99), so both build from
+`relu_before_pool(model)`.
 """
 
 from __future__ import annotations
