@@ -8,7 +8,9 @@ Dropout(0.5), Dense(1, sigmoid)) runs in Keras 3 / tensorflow-cpu, which this sc
 into its own virtual environment under benchmarks/.peer-env (git-ignored; not a project
 dependency). Against it: this project's seed_cnn (the same model) and histocnn (the default)
 at the `auto` path (bf16 autocast + channels_last on CPUs with native bf16), seed_cnn in eager
-fp32 (NCHW), and ONNX Runtime (inference).
+fp32 (NCHW), and ONNX Runtime (inference; seed_cnn also in int8, `histodetect export
+--int8-calibration`, calibrated on 256 real training patches of ../shared/data/pcam-subset
+when it is there).
 
 Method: one persistent worker process per framework and setting (TF default; TF best =
 oneDNN on + mixed_bfloat16; torch; onnxruntime), each builds its models and warms up first;
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
+CALIBRATION = HERE.parent.parent / "shared" / "data" / "pcam-subset" / "train"
+"""Real patches for the int8 column's quantisation ranges (the column is left out without them)."""
 PEER_ENV = HERE / ".peer-env"
 TF_REQUIREMENT = "tensorflow-cpu==2.21.0"
 BATCH_TRAIN, BATCH_INFER = 128, 256
@@ -154,6 +158,9 @@ class TorchTimer:
                     path = onnx_folder / f"{name}-{size}.pt"
                     save_model(path, model, spec, {})
                     export_onnx(path, path.with_suffix(".onnx"), overwrite=True)
+                    if name == "seed_cnn" and CALIBRATION.is_dir():
+                        int8 = onnx_folder / f"{name} int8-{size}.onnx"
+                        export_onnx(path, int8, int8_calibration=[CALIBRATION], overwrite=True)
         rng = np.random.default_rng(0)
         self.pixels = rng.integers(0, 256, (BATCH_INFER, 96, 96, 3), dtype=np.uint8)
         self.y = torch.randint(0, 2, (BATCH_TRAIN,)).float()
@@ -198,8 +205,11 @@ class OrtTimer:
 
         from histodetect.inference.backends.onnx import OnnxBackend
 
-        self.backends = {(f"{name} onnxruntime", size): OnnxBackend(onnx_folder / f"{name}-{size}.onnx", "cpu", threads)
-                         for name in ("seed_cnn", "histocnn") for size in sizes}  # fmt: skip
+        files = {"seed_cnn onnxruntime": "seed_cnn", "histocnn onnxruntime": "histocnn"}
+        if (onnx_folder / f"seed_cnn int8-{sizes[0]}.onnx").exists():
+            files["seed_cnn onnxruntime int8"] = "seed_cnn int8"
+        self.backends = {(config, size): OnnxBackend(onnx_folder / f"{stem}-{size}.onnx", "cpu", threads)
+                         for config, stem in files.items() for size in sizes}  # fmt: skip
         self.pixels = np.random.default_rng(0).integers(0, 256, (BATCH_INFER, 96, 96, 3), np.uint8)
         self.configs = sorted({config for config, _ in self.backends})
         for config, size in self.backends:
