@@ -2,9 +2,9 @@
 # The exact recipe of the bundled model (docs/MODEL_CARD.md). Needs ../shared/data/pcam-subset.
 # The default recipe (histocnn with two convs per block, 16 epochs, EMA 0.99), seed 0, one thread
 # (as it was trained), calibrated and evaluated on the valid split, then stored with int8 weights
-# (5 MB). On the 2-core development machine (CPU with AMX bf16) the whole script took about 81
-# minutes (74 of training) with light work on the other core; two seeds side by side took about
-# 90 minutes each (docs/MODEL_CARD.md). A 2-seed ensemble of the previous recipe scored 0.0007
+# (5.1 MB). On the 2-core development machine (CPU with AMX bf16) the whole script took about 81
+# minutes (74 of training) with light work on the other core (docs/MODEL_CARD.md); two seeds
+# side by side took about 90 minutes each (docs/BENCHMARKS.md). A 2-seed ensemble of the previous recipe scored 0.0007
 # higher on valid, within noise, at twice the file size (docs/BENCHMARKS.md), so one seed is
 # bundled.
 # The body is one function, read whole before it runs: bash reads a plain script as it goes, so

@@ -66,7 +66,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-nodes", type=int)
     parser.add_argument("--strategy", help="Lightning strategy (ddp is used for several devices)")
     parser.add_argument(
-        "--precision", help="auto (bf16-mixed on GPUs that have it), 32-true, bf16-mixed"
+        "--precision",
+        help="auto (bf16-mixed on GPUs and CPUs that compute bf16 natively), 32-true, bf16-mixed",
     )
     parser.add_argument(
         "--compile", action="store_true", default=None, help="torch.compile the model"
