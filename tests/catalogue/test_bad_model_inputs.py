@@ -200,6 +200,22 @@ def test_resume_uses_the_folder_given_not_the_saved_path(
     assert (run / "model.pt").read_bytes() == before, "the original run must be untouched"
 
 
+def test_resume_builds_the_network_in_the_checkpoint_not_todays_default(
+    run: Path, tmp_path: Path
+) -> None:
+    """config.json keeps only the model options given; a run begun before a builder default
+    changed (histocnn gained a fourth block) resumes the network its checkpoint holds. Found
+    when that default changed: resuming raised a state_dict RuntimeError."""
+    moved = tmp_path / "moved"
+    shutil.copytree(run, moved)
+    (moved / "summary.json").unlink()  # as if it had been killed before the end
+    config = json.loads((moved / "config.json").read_text())
+    config["model_kwargs"] = {}  # the defaults of today differ from the tiny network trained
+    (moved / "config.json").write_text(json.dumps(config))
+    assert main(["train", "--resume", str(moved), "--no-progress"]) == 0
+    assert load_checkpoint(moved).spec.model_kwargs == load_checkpoint(run).spec.model_kwargs
+
+
 def test_nan_probabilities_never_become_a_score() -> None:
     from histodetect.errors import HistodetectError
     from histodetect.evaluation.metrics import compute_auc, compute_metrics

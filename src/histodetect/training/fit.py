@@ -186,8 +186,9 @@ def resume_config(run_dir: Path | str) -> TrainConfig:
     return dataclasses.replace(config, out=str(run_dir), data=data)
 
 
-def _check_resumable(run_dir: Path) -> Path:
-    """The last checkpoint of an unfinished run.
+def _check_resumable(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
+    """The last checkpoint of an unfinished run, and the builder options of the network in it
+    (None for a checkpoint that does not record them).
 
     Raises:
         HistodetectError: a finished run, or a missing or damaged last checkpoint.
@@ -201,13 +202,15 @@ def _check_resumable(run_dir: Path) -> Path:
     if not last.is_file():
         raise HistodetectError(f"{run_dir} has no checkpoint to resume from ({last} is missing).")
     try:
-        torch.load(last, map_location="cpu", weights_only=False)
+        payload = torch.load(last, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise HistodetectError(
             f"{last} is damaged and cannot be read ({type(exc).__name__}); restore it or start "
             "a new run."
         ) from exc
-    return last
+    spec = payload.get("hyper_parameters", {}).get("spec", {}) if isinstance(payload, dict) else {}
+    kwargs = spec.get("model_kwargs") if isinstance(spec, dict) else None
+    return last, dict(kwargs) if isinstance(kwargs, dict) else None
 
 
 def check_trainable(config: TrainConfig, store: PatchStore, dm: PatchDataModule) -> None:
@@ -252,7 +255,13 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     if resume:
         config = resume_config(config.out)
     run_dir = Path(config.out)
-    ckpt_path = _check_resumable(run_dir) if resume else None
+    ckpt_path = None
+    if resume:
+        ckpt_path, trained_kwargs = _check_resumable(run_dir)
+        if trained_kwargs is not None:
+            # The network in the checkpoint, not today's defaults: config.json keeps only the
+            # options given, and a default may have changed since the run began.
+            config = dataclasses.replace(config, model_kwargs=trained_kwargs)
     store = open_store(config.data)
     L.seed_everything(config.seed, workers=False, verbose=False)
     datamodule = PatchDataModule(store, config)
