@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
-CALIBRATION = HERE.parent.parent / "shared" / "data" / "pcam-subset" / "train"
+SHARED = Path(os.environ.get("HISTODETECT_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
+CALIBRATION = SHARED / "pcam-subset" / "train"
 """Real patches for the int8 column's quantisation ranges (the column is left out without them)."""
 PEER_ENV = HERE / ".peer-env"
 TF_REQUIREMENT = "tensorflow-cpu==2.21.0"

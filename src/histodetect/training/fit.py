@@ -213,6 +213,17 @@ def _check_resumable(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
     return last, dict(kwargs) if isinstance(kwargs, dict) else None
 
 
+def _resumed(run_dir: Path | str) -> tuple[TrainConfig, Path]:
+    """The config to resume `run_dir` with, and its last checkpoint. The network is the one in
+    the checkpoint, not today's defaults: config.json keeps only the model options given, and
+    a builder default may have changed since the run began."""
+    config = resume_config(run_dir)
+    ckpt_path, trained_kwargs = _check_resumable(Path(run_dir))
+    if trained_kwargs is not None:
+        config = dataclasses.replace(config, model_kwargs=trained_kwargs)
+    return config, ckpt_path
+
+
 def check_trainable(config: TrainConfig, store: PatchStore, dm: PatchDataModule) -> None:
     """Refuse, before any folder is made, data that cannot train a classifier.
 
@@ -252,16 +263,10 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     import lightning as L  # noqa: N812 - Lightning's documented alias
 
     started = time.monotonic()
-    if resume:
-        config = resume_config(config.out)
-    run_dir = Path(config.out)
     ckpt_path = None
     if resume:
-        ckpt_path, trained_kwargs = _check_resumable(run_dir)
-        if trained_kwargs is not None:
-            # The network in the checkpoint, not today's defaults: config.json keeps only the
-            # options given, and a default may have changed since the run began.
-            config = dataclasses.replace(config, model_kwargs=trained_kwargs)
+        config, ckpt_path = _resumed(config.out)
+    run_dir = Path(config.out)
     store = open_store(config.data)
     L.seed_everything(config.seed, workers=False, verbose=False)
     datamodule = PatchDataModule(store, config)
