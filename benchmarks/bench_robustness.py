@@ -44,11 +44,12 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for model in args.models:
         name = model.name if model.is_dir() else f"{model.parent.name}/{model.name}"
-        started = time.monotonic()
+        started = time.monotonic()  # overwrite: a rerun replaces its own reports
         plain = evaluate(model, args.data, args.out / name / "plain", EvaluateOptions(
-            split=args.split, shifts=tuple(SHIFTS), shift_seed=args.shift_seed, n_boot=1000))  # fmt: skip
+            split=args.split, shifts=tuple(SHIFTS), shift_seed=args.shift_seed, n_boot=1000,
+            overwrite=True))  # fmt: skip
         tta = evaluate(model, args.data, args.out / name / "tta",
-                       EvaluateOptions(split=args.split, tta=True, n_boot=200))  # fmt: skip
+                       EvaluateOptions(split=args.split, tta=True, n_boot=200, overwrite=True))  # fmt: skip
         print(_row(name, plain, tta, time.monotonic() - started), flush=True)
         row = {"auc": plain["auc"], "auc_tta": tta["auc"], "shifts": plain["shifts"]}
         (args.out / name / "row.json").write_text(json.dumps(row, indent=2, default=float))

@@ -14,7 +14,7 @@ import errno
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from histodetect.errors import HistodetectError
@@ -52,6 +52,28 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_replaceable_file(
+    out: Path, overwrite: bool, is_ours: Callable[[Path], bool], what: str
+) -> None:
+    """Refuse a file --out that exists unless `overwrite` is given and it is `what` (which
+    `is_ours` recognises): --overwrite only replaces what histodetect wrote.
+
+    Raises:
+        HistodetectError: --out is a folder, exists without --overwrite, or holds something else.
+    """
+    if out.is_dir():
+        raise HistodetectError(f"--out {out} is a folder; give a file name.")
+    if not out.exists():
+        return
+    if not overwrite:
+        raise HistodetectError(f"{out} already exists; choose another --out or pass --overwrite.")
+    if not is_ours(out):
+        raise HistodetectError(
+            f"{out} is not {what} that histodetect wrote, so --overwrite will not replace it; "
+            "choose another --out (nothing was changed)."
+        )
 
 
 @contextlib.contextmanager

@@ -122,6 +122,10 @@ CASES = [
     Case("evaluate out is a file", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(_touch(t / "f.txt"))], ("f.txt", "is a file")),
     Case("evaluate one-class split", lambda t, s, r: ["evaluate", str(r), "--data", str(_one_class_store(t, s)), "--split", "all", "--out", str(t / "rep")], ("both classes",)),
     Case("evaluate unknown split", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--split", "nope", "--out", str(t / "rep")], ("nope", "--split all")),
+    Case("evaluate threshold without calibrate-on", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--threshold", "0.9"], ("--threshold 0.9", "--calibrate-on")),
+    Case("evaluate batch size negative", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--batch-size", "-1"], ("--batch-size must be at least 1",)),
+    Case("evaluate bootstrap zero", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--bootstrap", "0"], ("--bootstrap must be at least 1",)),
+    Case("calibrate batch size negative", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--batch-size", "-2"], ("--batch-size must be at least 1",)),
     Case("evaluate unknown shift", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--shift", "fog", "--out", str(t / "rep")], ("--shift", "fog")),
 ]  # fmt: skip
 
@@ -228,7 +232,7 @@ def test_nan_probabilities_never_become_a_score() -> None:
         compute_metrics(labels, probs, 0.5)
 
 
-@pytest.mark.parametrize("command", ["predict", "evaluate"])
+@pytest.mark.parametrize("command", ["predict", "evaluate", "ensemble", "calibrate"])
 def test_read_only_out_is_one_sentence(
     command: str, store: Path, run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -237,22 +241,27 @@ def test_read_only_out_is_one_sentence(
 
     folder = tmp_path / "ro"
     folder.mkdir()
+    if command == "calibrate":  # calibration rewrites the model file in its read-only folder
+        shutil.copy(run / "model.pt", folder / "model.pt")
+    before = sorted(p.name for p in folder.iterdir())
     chattr = shutil.which("chattr")
     if os.geteuid() != 0:
         folder.chmod(0o555)
     elif not chattr or subprocess.run([chattr, "+i", str(folder)]).returncode != 0:
         pytest.skip("cannot make a folder read-only here (root without chattr +i)")
     try:
-        out = folder / ("p.csv" if command == "predict" else "report")
-        argv = (["predict", str(store), "--model", str(run), "--out", str(out), "--no-progress"]
-                if command == "predict" else
-                ["evaluate", str(run), "--data", str(store), "--out", str(out)])  # fmt: skip
+        argv = {
+            "predict": ["predict", str(store), "--model", str(run), "--out", str(folder / "p.csv"), "--no-progress"],
+            "evaluate": ["evaluate", str(run), "--data", str(store), "--out", str(folder / "report")],
+            "ensemble": ["ensemble", str(run), str(run), "--out", str(folder / "e.pt")],
+            "calibrate": ["calibrate", str(folder / "model.pt"), "--data", str(store), "--split", "all"],
+        }[command]  # fmt: skip
         capsys.readouterr()
         code = main(argv)
         err = capsys.readouterr().err
         assert code == 2 and "Traceback" not in err and "internal error" not in err, err
         assert str(folder) in err and len(err.strip().splitlines()) == 1, err
-        assert list(folder.iterdir()) == []
+        assert sorted(p.name for p in folder.iterdir()) == before
     finally:
         if os.geteuid() == 0 and chattr:
             subprocess.run([chattr, "-i", str(folder)], check=False)

@@ -99,6 +99,13 @@ def test_explain_command_writes_probabilities_and_overlays(
     )
     assert main([*argv, "--no-progress"]) == 2  # exists: refused without --overwrite
     assert "already exists" in capsys.readouterr().err
+    # --overwrite replaces only what explain wrote: a user's file in the folder stops it (it
+    # deleted the file until this case was added)
+    (out / "notes.txt").write_text("mine\n")
+    assert main([*argv, "--no-progress", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "explain did not write" in err and "Traceback" not in err
+    assert (out / "notes.txt").read_text() == "mine\n" and (out / rows[1]["overlay"]).is_file()
 
 
 @pytest.mark.parametrize(

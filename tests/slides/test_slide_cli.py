@@ -135,6 +135,11 @@ def test_overwrite_replaces_a_finished_result_only(
     assert _run(argv) == 0
     assert json.loads((out / "layout" / "summary.json").read_text())["stride_px"] == 96
     assert sorted(p.name for p in out.iterdir()) == ["layout"]
+    (out / "layout" / "notes.txt").write_text("mine\n")  # a user's file: --overwrite refuses
+    assert _run(argv) == 2
+    assert "notes.txt, which histodetect did not write" in capsys.readouterr().err
+    assert (out / "layout" / "notes.txt").read_text() == "mine\n"
+    (out / "layout" / "notes.txt").unlink()
     (out / "layout" / "summary.json").unlink()  # no longer a finished result: never replaced
     assert _run(argv) == 2
     err = capsys.readouterr().err

@@ -17,16 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from histodetect.atomic import check_replaceable_file
     from histodetect.errors import HistodetectError
+    from histodetect.models.checkpoint import is_model_file
     from histodetect.models.ensemble import make_ensemble
 
     out: Path = args.out
     if out.is_dir():
         raise HistodetectError(f"--out {out} is a folder; give a file name such as {out}/model.pt.")
-    if out.exists() and not args.overwrite:
-        raise HistodetectError(f"--out {out} already exists; choose another or pass --overwrite.")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    path = make_ensemble(args.models, out)
+    check_replaceable_file(out, args.overwrite, is_model_file, "a histodetect model file")
+    path = make_ensemble(args.models, out)  # creates out's folder only once the members load
     print(f"Ensemble of {len(args.models)} models written to {path} (uncalibrated); next: "
           f"histodetect calibrate {path} --data STORE --split valid")  # fmt: skip
     return 0

@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="SPLIT",
         help="fit temperature and threshold on this split first and save them in the model (never the reported split)",
     )
-    options.add_threshold(parser, "with --calibrate-on: ")
+    options.add_threshold(parser, "with --calibrate-on: ", default=None)
     options.add_inference(parser)
     parser.add_argument(
         "--bootstrap", type=int, default=1000, help="resamples for the AUC interval"
@@ -36,23 +36,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "blur, jpeg, noise, or all (robustness to other labs and scanners)",
     )
     parser.add_argument("--shift-seed", type=int, default=0, help="seed of the shifts (default 0)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an earlier report in --out (only one evaluate wrote; the old one is kept "
+        "until the new one is complete)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
+    from histodetect.errors import HistodetectError
     from histodetect.evaluation.evaluate import EvaluateOptions, evaluate
     from histodetect.evaluation.shifts import parse_shifts
 
+    if args.threshold is not None and args.calibrate_on is None:
+        raise HistodetectError(
+            f"--threshold {args.threshold} is only used with --calibrate-on SPLIT (without it "
+            "evaluate reports at the threshold saved in the model); add --calibrate-on valid, "
+            "or drop --threshold and run `histodetect calibrate` first."
+        )
     opts = EvaluateOptions(
         split=args.split,
         tta=args.tta,
         calibrate_on=args.calibrate_on,
-        threshold=args.threshold,
+        threshold=args.threshold or "youden",
         device=args.device,
         batch_size=args.batch_size,
         precision=args.precision,
         n_boot=args.bootstrap,
         shifts=parse_shifts(args.shift),
         shift_seed=args.shift_seed,
+        overwrite=args.overwrite,
     )
     m = evaluate(args.model, args.data, args.out, opts)
     lo, hi = m["auc_ci95"] or (float("nan"), float("nan"))

@@ -65,10 +65,12 @@ def add_inference(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_threshold(parser: argparse.ArgumentParser, when: str = "") -> None:
-    """--threshold: the rule that picks the decision threshold."""
+def add_threshold(
+    parser: argparse.ArgumentParser, when: str = "", default: str | None = "youden"
+) -> None:
+    """--threshold: the rule that picks the decision threshold (default None: only when given)."""
     parser.add_argument(
         "--threshold",
-        default="youden",
+        default=default,
         help=f"{when}youden (default), sensitivity=0.95, or a fixed number such as 0.5",
     )

@@ -232,6 +232,12 @@ def _header_json(path: Path) -> dict[str, Any] | None:
     return header if isinstance(header, dict) and "format_version" in header else None
 
 
+def looks_like_store(folder: Path) -> bool:
+    """True when `folder` has a store's header.json (whatever else it holds)."""
+    header = _header_json(folder / HEADER_FILE)
+    return header is not None and "fingerprint" in header
+
+
 def not_a_store_reason(folder: Path) -> str | None:
     """None when `folder` is a store histodetect wrote and nothing else; else why it is not.
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from histodetect.atomic import atomic_dir
 from histodetect.data.splits import choose_split
 from histodetect.data.store import UNNAMED_SPLIT, PatchStore, open_store, split_display
 from histodetect.errors import HistodetectError
@@ -22,6 +23,7 @@ from histodetect.evaluation.metrics import compute_metrics
 from histodetect.inference.scoring import pick_device, require_finite, score_array
 from histodetect.models.checkpoint import MODEL_FILE, LoadedModel, load_checkpoint, update_spec
 
+METRICS_FILE = "metrics.json"
 OPTIMISTIC = "this split is not slide-disjoint from training: every figure is optimistic"
 
 
@@ -110,6 +112,7 @@ def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: 
               device: str = "auto", batch_size: int = 256, precision: str = "auto") -> LoadedModel:  # fmt: skip
     """Fit temperature and threshold on `split`; save them into the model file's ModelSpec."""
     parse_threshold_method(method)  # a bad --threshold fails before any scoring
+    check_batch_size(batch_size)
     _check_two_classes(store, split)
     if loaded.path.name != MODEL_FILE and loaded.path.suffix != ".pt":
         raise HistodetectError(
@@ -150,6 +153,7 @@ class EvaluateOptions:
     n_boot: int = 1000
     shifts: tuple[str, ...] = ()
     shift_seed: int = 0
+    overwrite: bool = False
 
 
 def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | str,
@@ -160,6 +164,11 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
         HistodetectError: unknown split, no labels, or calibration asked on the reported split.
     """
     opts = options or EvaluateOptions()
+    out = Path(out_dir)
+    check_report_folder(out, opts.overwrite)  # before calibration changes the model file
+    check_batch_size(opts.batch_size)
+    if opts.n_boot < 1:
+        raise HistodetectError(f"--bootstrap must be at least 1 resample, got {opts.n_boot}.")
     if opts.calibrate_on is not None and opts.calibrate_on == opts.split:
         raise HistodetectError(
             f"the threshold and temperature must be fitted on another split than the one reported; "
@@ -171,9 +180,6 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
                            opts.threshold, opts.tta, opts.device, opts.batch_size, opts.precision)  # fmt: skip
     split = resolve_split(store, opts.split, loaded)
     _check_two_classes(store, split)
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise HistodetectError(f"--out {out} is a file; give a folder for the report.")
     logits = _score(loaded, store, split.indices, opts.tta, opts.device, opts.batch_size,
                     opts.precision)  # fmt: skip
     probs = probabilities(logits, loaded.spec.temperature)
@@ -185,10 +191,42 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
     metrics.update(_context(loaded, store, split, opts))
     if opts.shifts:
         metrics["shifts"] = _shift_robustness(loaded, store, split, labels, opts)
-    out.mkdir(parents=True, exist_ok=True)
-    _write_json(out / "metrics.json", metrics)
-    _write_report(out, metrics, labels, probs, store, split, loaded)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_dir(out, replace=opts.overwrite) as tmp:  # all files appear at once, or none
+        _write_json(tmp / METRICS_FILE, metrics)
+        _write_report(tmp, metrics, labels, probs, store, split, loaded)
     return metrics
+
+
+def check_batch_size(batch_size: int) -> None:
+    """Refuse a --batch-size below 1 (before any scoring)."""
+    if batch_size < 1:
+        raise HistodetectError(f"--batch-size must be at least 1, got {batch_size}.")
+
+
+def check_report_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an --out that is a file, or a folder with something in it unless `overwrite` is
+    given and it holds an earlier evaluation and nothing else (it would be deleted).
+
+    Raises:
+        HistodetectError: naming --out and what to do; nothing has been written.
+    """
+    from histodetect.data.store import foreign_entries
+    from histodetect.evaluation.report import REPORT_OUTPUTS
+
+    if out.exists() and not out.is_dir():
+        raise HistodetectError(f"--out {out} is a file; give a folder for the report.")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise HistodetectError(f"--out {out} already exists; choose another or pass --overwrite.")
+    foreign = foreign_entries(out, (METRICS_FILE, *REPORT_OUTPUTS))
+    if foreign or not (out / METRICS_FILE).is_file():
+        what = f"also holds {foreign[0]}" if foreign else f"holds no {METRICS_FILE}"
+        raise HistodetectError(
+            f"--out {out} {what}, so it is not an evaluate report that --overwrite may replace; "
+            "choose another --out (nothing was changed)."
+        )
 
 
 def _check_two_classes(store: PatchStore, split: EvalSplit) -> None:

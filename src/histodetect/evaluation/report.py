@@ -268,6 +268,17 @@ def _confusion(labels: np.ndarray, probs: np.ndarray, threshold: float) -> list[
     return [[int(np.sum(~pred & (labels == t))), int(np.sum(pred & (labels == t)))] for t in (0, 1)]
 
 
+FIGURES = ("confusion", "roc", "pr", "reliability", "training_curves")
+GALLERIES = ("false_positives", "false_negatives")
+REPORT_OUTPUTS = (
+    REPORT_FILE,
+    *(f"{name}.png" for name in FIGURES),
+    *(f"{name}.png" for name in GALLERIES),
+    *(f"{name}_gradcam.png" for name in GALLERIES),
+)
+"""Every file `write_report` may put in its folder (evaluate adds metrics.json)."""
+
+
 def write_report(out_dir: Path, inputs: ReportInputs, gallery_size: int = 16) -> Path:
     """Draw every figure into `out_dir` and write the self-contained report.html; return its path.
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from histodetect.atomic import atomic_dir
+from histodetect.data.store import foreign_entries
 from histodetect.errors import HistodetectError
 from histodetect.explain.gradcam import colour_overlay, gradcam, require_captum
 
@@ -44,6 +45,21 @@ def check_out_folder(out: Path, overwrite: bool) -> None:
             f"--out {out} holds no {CSV_FILE}, so it is not an explain output that --overwrite "
             "may replace; choose another --out."
         )
+    foreign = foreign_entries(out, (CSV_FILE, *_listed_overlays(out / CSV_FILE)))
+    if foreign:
+        raise HistodetectError(
+            f"--out {out} also holds {foreign[0]}, which explain did not write, so --overwrite "
+            "will not replace it; move that away or choose another --out (nothing was changed)."
+        )
+
+
+def _listed_overlays(csv_path: Path) -> tuple[str, ...]:
+    """The PNG names an earlier explain listed in its CSV (its overlay column)."""
+    try:
+        with csv_path.open(newline="", encoding="utf-8") as f:
+            return tuple(row["overlay"] for row in csv.DictReader(f) if row.get("overlay"))
+    except (OSError, UnicodeDecodeError, KeyError, csv.Error):
+        return ()
 
 
 def explain_inputs(

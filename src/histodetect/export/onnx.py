@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from histodetect import __version__
-from histodetect.atomic import output_lock, scratch_dir, temp_sibling
+from histodetect.atomic import check_replaceable_file, output_lock, scratch_dir, temp_sibling
 from histodetect.errors import HistodetectError
 from histodetect.inference.backends.onnx import (
     FORMAT,
@@ -151,10 +151,20 @@ def _check_out(out: Path, overwrite: bool) -> None:
         raise HistodetectError(f"--out {out} must end in {ONNX_SUFFIX}.")
     if out.is_dir():
         raise HistodetectError(f"--out {out} is a folder; give a file name ending in .onnx.")
-    if out.exists() and not overwrite:
-        raise HistodetectError(f"{out} already exists; choose another --out or pass --overwrite.")
+    check_replaceable_file(out, overwrite, is_histodetect_onnx, "an ONNX model")
     if not out.parent.is_dir():
         raise HistodetectError(f"--out {out}: folder {out.parent} does not exist; create it first.")
+
+
+def is_histodetect_onnx(path: Path) -> bool:
+    """True when `path` is an ONNX model carrying histodetect's metadata (one export wrote)."""
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # anything unreadable is not ours
+        return False
+    return any(p.key == FORMAT_KEY and p.value == FORMAT for p in model.metadata_props)
 
 
 def _require_exporter() -> None:

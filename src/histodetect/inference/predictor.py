@@ -245,12 +245,36 @@ def duplicate_ids(rows: Sequence[PredictionRow]) -> list[str]:
     return [pid for pid in dict.fromkeys(row.id for row in rows) if counts[pid] > 1]
 
 
+PREDICTION_COLUMNS = ("id", "label", "class", "class_name", "path", "error")
+"""Every column `write_predictions_csv` may write; its files start with ``id,label``."""
+
+
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an --out that is a folder, or that exists when `overwrite` is False."""
+    """Refuse an --out that is a folder, lies inside a patch store, or exists when `overwrite`
+    is False; with `overwrite`, refuse one that is not a predictions CSV (an input image, a
+    store's manifest, a user's own file)."""
+    from histodetect.atomic import check_replaceable_file
+    from histodetect.data.store import looks_like_store
+
     if out.is_dir():
         raise HistodetectError(f"{out} is a folder; give a CSV file name to --out.")
-    if out.exists() and not overwrite:
-        raise HistodetectError(f"{out} already exists; choose another --out or pass --overwrite.")
+    if looks_like_store(out.absolute().parent):
+        raise HistodetectError(
+            f"--out {out} lies inside the patch store {out.parent}, which holds only what ingest "
+            "wrote; write the predictions elsewhere."
+        )
+    check_replaceable_file(out, overwrite, is_predictions_csv, "a predictions CSV")
+
+
+def is_predictions_csv(path: Path) -> bool:
+    """True when `path` starts with a header `write_predictions_csv` writes (id,label[,...])."""
+    try:
+        with path.open("rb") as f:
+            first = f.readline(4096).decode("utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    columns = first.split(",")
+    return columns[:2] == ["id", "label"] and set(columns) <= set(PREDICTION_COLUMNS)
 
 
 def csv_columns(rows: Sequence[PredictionRow], with_path: bool, with_class: bool) -> list[str]:

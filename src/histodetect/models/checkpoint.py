@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -67,9 +68,33 @@ def save_model(
         "weights_sha256": weights_checksum(state),
         "metadata": metadata,
     }
+    _save_atomic(payload, path)
+
+
+def _save_atomic(payload: dict[str, Any], path: Path) -> None:
+    """torch.save through a temporary sibling renamed into place; an unwritable folder or a
+    full disk is one sentence naming the file, and leaves `path` as it was."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    try:
+        torch.save(payload, tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
+        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1][:160]
+        raise HistodetectError(
+            f"cannot write {path} ({reason}); check that its folder is writable and the disk "
+            "has room (nothing was changed)."
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+
+
+def is_model_file(path: Path) -> bool:
+    """True when `path` is a model file histodetect wrote (`save_model`)."""
+    try:
+        return _read(path).get("format") == FORMAT
+    except HistodetectError:
+        return False
 
 
 def weights_checksum(state: dict[str, torch.Tensor]) -> str:
@@ -132,9 +157,7 @@ def update_spec(path: Path, spec: ModelSpec, metadata_update: dict[str, Any] | N
         raise HistodetectError(f"{path} is not an exported histodetect model ({MODEL_FILE}).")
     payload["model_spec"] = spec.to_dict()
     payload["metadata"] = {**payload.get("metadata", {}), **(metadata_update or {})}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    _save_atomic(payload, path)
 
 
 def load_checkpoint(path: Path | str | None = None) -> LoadedModel:

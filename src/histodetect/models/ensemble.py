@@ -97,6 +97,7 @@ def make_ensemble(model_paths: Sequence[Path | str], out: Path | str) -> Path:
     if len(fingerprints) == 1:
         metadata["store_fingerprint"] = fingerprints.pop()
     out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     save_model(out, model, spec, metadata)
     return out
 

@@ -20,6 +20,11 @@ from histodetect.slides.report import render_report
 
 SUMMARY_FILE = "summary.json"
 """A folder with it is a finished slide result (skipped on a rerun)."""
+SLIDE_OUTPUTS = (
+    "tiles.csv", "heatmap.png", "overlay.png", "mask.png", "regions.geojson", "report.html",
+    SUMMARY_FILE,
+)  # fmt: skip
+"""Every file `write_slide_outputs` writes: --overwrite replaces a folder holding only these."""
 
 
 def slide_folder_name(path: Path) -> str:

@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from histodetect.data.store import foreign_entries
 from histodetect.errors import HistodetectError
 from histodetect.slides.analysis import analyse_slide, resolve_slide_mpp
 from histodetect.slides.outputs import (
+    SLIDE_OUTPUTS,
     is_finished,
     slide_folder_name,
     summarise,
@@ -113,6 +115,13 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
             raise HistodetectError(
                 f"{folder} exists but holds no finished slide result; move it away or choose "
                 "another --out."
+            )
+        foreign = foreign_entries(folder, SLIDE_OUTPUTS) if is_finished(folder) else []
+        if options.overwrite and foreign:
+            raise HistodetectError(
+                f"{folder} also holds {foreign[0]}, which histodetect did not write, so "
+                "--overwrite will not replace it; move that away or choose another --out "
+                "(nothing was changed)."
             )
         with open_slide(path, options.reader) as reader:
             resolve_slide_mpp(reader, options.mpp)
