@@ -23,3 +23,17 @@ def reject_unknown_fields(cls: type, data: Mapping[str, Any], what: str) -> None
         raise HistodetectError(
             f"unknown {what} {', '.join(unknown)}; valid: {', '.join(sorted(known))}."
         )
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal (Ctrl-C's SIGINT, a scheduler's SIGTERM) stopped the command; the CLI prints
+    `message` (what was kept, how to continue) and exits 128 + `signum`.
+
+    A KeyboardInterrupt, so that every clean-up Ctrl-C runs also runs for SIGTERM, and so that
+    no ``except Exception`` (a reader reporting one bad file, say) can swallow it.
+    """
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.message = message

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -184,6 +185,31 @@ def header_only_csv(tmp: Path) -> list[str]:
     return ["ingest", "list.csv", "--out", "st"]
 
 
+def csv_header_names_label_twice(tmp: Path) -> list[str]:
+    save_image(tmp / "img" / "a.png", random_patch(_rng()))
+    (tmp / "list.csv").write_text("path,label,label\nimg/a.png,1,0\n")  # which label is meant?
+    return ["ingest", "list.csv", "--out", "st"]
+
+
+def kaggle_header_names_label_twice(tmp: Path) -> list[str]:
+    ids = make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    rows = "".join(f"{pid},0,1\n" for pid in ids)
+    (tmp / "k" / "train_labels.csv").write_text(f"id,label,label\n{rows}")
+    return ["ingest", "k", "--out", "st"]
+
+
+def _csv_with_row(row: str) -> Callable[[Path], list[str]]:
+    """A CSV of two good rows and `row` (line 3), read with --strict."""
+
+    def build(tmp: Path) -> list[str]:
+        save_image(tmp / "img" / "a.png", random_patch(_rng()))
+        save_image(tmp / "img" / "b.png", random_patch(np.random.default_rng(1)))
+        (tmp / "list.csv").write_text(f"path,label\nimg/a.png,0\n{row}\nimg/b.png,1\n")
+        return ["ingest", "list.csv", "--out", "st", "--strict"]
+
+    return build
+
+
 def wrong_format_gives_no_patch(tmp: Path) -> list[str]:
     save_image(tmp / "f" / "0" / "a.png", random_patch(_rng()))
     return ["ingest", "f", "--out", "st", "--format", "kaggle"]
@@ -243,6 +269,10 @@ CASES = [
     Case("tiff_16_bit_rgb", tiff_with_16_bit_rgb, ("deep.tif", "16-bit integer pixels in 3 channels"), REPORT),
     Case("tiff_float", tiff_with_float_pixels, ("float.tif", "floating-point"), REPORT),
     Case("header_only_csv", header_only_csv, ("list.csv", "gave no patch")),
+    Case("csv_label_column_twice", csv_header_names_label_twice, ("list.csv", "column label more than once")),
+    Case("kaggle_label_column_twice", kaggle_header_names_label_twice, ("train_labels.csv", "column label more than once")),
+    Case("csv_row_too_short", _csv_with_row("img/b.png"), ("bad_row", "list.csv:3", "1 field but the header has 2"), REPORT),
+    Case("csv_row_too_long", _csv_with_row("img/b.png,1,0"), ("bad_row", "list.csv:3", "3 fields but the header has 2"), REPORT),
     Case("wrong_format", wrong_format_gives_no_patch, ("gave no patch", "--format")),
     Case("every_file_unreadable", every_file_unreadable, ("gave no patch", "2 problems (unreadable: 2)", "f/1/a.png"), REPORT),
     Case("manifest_label_7", _manifest_edit(_set_label("7")), ("st/manifest.csv", "label '7'")),
@@ -297,6 +327,55 @@ def test_bad_data_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], case
     added = sorted(set(after) - set(before) - set(case.may_add))
     assert not lost, f"changed or lost: {lost}"
     assert not added, f"left behind: {added}"
+
+
+def test_csv_row_with_wrong_field_count_is_reported_not_guessed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --strict, a short row (once read as "unlabelled") and a long row (once read with
+    its extra field dropped) are left out and reported, like a bad label."""
+    from histodetect.data.store import open_store
+
+    for name in ("a", "b", "c"):
+        save_image(tmp_path / "img" / f"{name}.png", random_patch(np.random.default_rng(ord(name))))
+    (tmp_path / "list.csv").write_text("path,label\nimg/a.png,0\nimg/b.png\nimg/c.png,1,0\n")
+    code, _ = _run(["ingest", "list.csv", "--out", "st"], tmp_path, capsys)
+    assert code == 0
+    store = open_store(tmp_path / "st")
+    assert len(store) == 1 and list(store.manifest.labels) == [0]
+    report = (tmp_path / "st" / "ingest_report.md").read_text()
+    assert "list.csv:3" in report and "list.csv:4" in report and "bad_row" in report
+
+
+def test_sigterm_during_ingest_cleans_up_like_ctrl_c(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM (a scheduler's stop, `timeout`, `kill`) once killed ingest on the spot, leaving
+    .st.tmp-*, .st.scratch-* and .st.lock beside the output; Ctrl-C cleaned up."""
+    from histodetect.data.writer import StoreWriter
+
+    make_kaggle(tmp_path / "k", _rng(), n_train=6, n_test=0)
+    real_add = StoreWriter.add
+
+    def add_then_sigterm(self: StoreWriter, *args: object, **kwargs: object) -> None:
+        real_add(self, *args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGTERM)  # mid-ingest, with the temporary folder written
+
+    monkeypatch.setattr(StoreWriter, "add", add_then_sigterm)
+    ignored: list[int] = []
+    # Without the fix SIGTERM would end pytest itself; with it, ingest's own handler replaces
+    # this one while it runs.
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: ignored.append(signum))
+    try:
+        before = _snapshot(tmp_path)
+        code, err = _run(["ingest", "k", "--out", "st"], tmp_path, capsys)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not ignored, "ingest did not handle SIGTERM"
+    assert code == 143, err
+    said = "histodetect ingest: interrupted by SIGTERM; nothing half-written was kept."
+    assert err.strip() == said
+    assert _snapshot(tmp_path) == before, "a stopped ingest must leave nothing beside its output"
 
 
 # ----------------------------------------------------------------------------- read-only --out

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import importlib
 import os
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
-from types import ModuleType
+from collections.abc import Iterator, Sequence
+from types import FrameType, ModuleType
 
 from histodetect import __version__
-from histodetect.errors import HistodetectError
+from histodetect.errors import HistodetectError, Interrupted
 
 # name -> module; each module defines HELP, add_arguments(parser) and run(args) -> int.
 COMMANDS = {
@@ -54,21 +57,23 @@ def _command_modules() -> dict[str, ModuleType]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit status (2 for user errors, 130 when interrupted)."""
+    """Run one command; return its exit status (2 for user errors, 130 after Ctrl-C, 143 after
+    SIGTERM)."""
     args = build_parser().parse_args(argv)
     try:
-        status = int(args._run(args))
+        with _sigterm_as_interrupt(args.command not in HANDLE_SIGTERM_THEMSELVES):
+            status = int(args._run(args))
         sys.stdout.flush()  # here, not at exit, so that a closed pipe is handled below
         return status
     except HistodetectError as exc:
         print(f"histodetect {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(
-            f"histodetect {args.command}: interrupted; nothing half-written was kept.",
-            file=sys.stderr,
-        )
-        return 130
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM raised as `Interrupted`
+        signum = int(getattr(exc, "signum", signal.SIGINT))
+        by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        detail = getattr(exc, "message", "") or "nothing half-written was kept."
+        print(f"histodetect {args.command}: interrupted{by}; {detail}", file=sys.stderr)
+        return 128 + signum
     except BrokenPipeError:
         return _stdout_closed()
     except OSError as exc:
@@ -83,6 +88,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as exc:  # the last line of defence: never a bare traceback
         return _internal_error(args.command, exc)
+
+
+HANDLE_SIGTERM_THEMSELVES = frozenset({"serve"})
+"""Commands whose server shuts down gracefully on SIGTERM by itself (uvicorn)."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt(enabled: bool) -> Iterator[None]:
+    """Turn SIGTERM (what a scheduler, `kill` or `timeout` sends) into `Interrupted`, so it runs
+    the clean-up Ctrl-C runs (no temporary folder or lock left beside an output) and the
+    command exits 143 with a sentence; without this Python dies on the spot."""
+
+    def interrupt(signum: int, _frame: FrameType | None) -> None:
+        raise Interrupted(signum)
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 USER_OS_ERRORS = {

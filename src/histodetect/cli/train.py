@@ -98,6 +98,16 @@ def _augment(text: str | None) -> Any:
     if text is None:
         return None
     items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:  # an unset shell variable must not silently train without augmentation
+        raise HistodetectError(
+            f"--augment is empty ({text!r}); list augmentations ({', '.join(AUGMENTATIONS)}), or "
+            "give --augment none to train without augmentation."
+        )
+    if "none" in items and len(items) > 1:
+        raise HistodetectError(
+            f"--augment {text!r} gives none together with other augmentations or strengths; "
+            "give none alone, or leave it out."
+        )
     names = {t for t in items if "=" not in t} - {"none"}
     unknown = names - set(AUGMENTATIONS)
     if unknown:

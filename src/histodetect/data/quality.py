@@ -20,6 +20,7 @@ CONVERTED = "converted"  # grayscale/RGBA/palette turned into RGB: kept, but rep
 MISSING_LABEL = "missing_label"
 MISSING_IMAGE = "missing_image"
 BAD_LABEL = "bad_label"
+BAD_ROW = "bad_row"  # a CSV row with more or fewer fields than its header: left out
 NAME_MISMATCH = "name_mismatch"  # a Kaggle file whose name is not the SHA-1 of its pixels
 CROSS_SPLIT_DUPLICATE = "cross_split_duplicate"
 LABEL_CONFLICT = "label_conflict"  # the same pixels labelled 0 and 1: kept unlabelled, flagged

@@ -12,6 +12,7 @@ from typing import Any
 from histodetect.augment import AugmentConfig
 from histodetect.errors import HistodetectError, reject_unknown_fields
 from histodetect.hardware import PRECISIONS
+from histodetect.training.devices import check_accelerator_and_devices
 
 CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -87,6 +88,7 @@ class TrainConfig:
         _choice("normalise", self.normalise, NORMALISATIONS)
         _choice("data_on_device", self.data_on_device, ("auto", "host"))
         _choice("precision", self.precision, PRECISIONS)
+        check_accelerator_and_devices(self.accelerator, str(self.devices))
         if not 0.0 <= self.ema_decay < 1.0:
             raise HistodetectError(f"EMA decay must lie in [0, 1), got {self.ema_decay}.")
         _whole("--epochs", self.epochs, 1, MAX_EPOCHS)

@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ from histodetect.models import ModelSpec, resolved_model_kwargs
 from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_model
 from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
+from histodetect.training.devices import check_runnable_here, lightning_refusal
+from histodetect.training.interrupt import run_interrupted, stop_gracefully_on_sigterm
 from histodetect.training.metrics_log import LOG_DIR, merge_parts, set_aside
 from histodetect.training.module import PatchClassifier
 from histodetect.training.progress import EpochSummary
@@ -116,29 +119,35 @@ def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
 
 def _trainer(config: TrainConfig, run_dir: Path, progress: bool) -> Any:
     import lightning as L  # noqa: N812 - Lightning's documented alias
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     devices: Any = int(config.devices) if config.devices.isdigit() else config.devices
-    return L.Trainer(
-        max_epochs=config.epochs,
-        accelerator=config.accelerator,
-        devices=devices,
-        num_nodes=config.num_nodes,
-        strategy=config.strategy,
-        precision=_precision(config),  # type: ignore[arg-type]
-        callbacks=_callbacks(config, run_dir, progress),
-        logger=[
-            CSVLogger(run_dir, name=LOG_DIR, version=""),
-            TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
-        ],
-        default_root_dir=run_dir,
-        limit_train_batches=config.max_steps_per_epoch or 1.0,
-        log_every_n_steps=10,
-        use_distributed_sampler=False,
-        enable_progress_bar=progress,
-        enable_model_summary=progress,
-        num_sanity_val_steps=0,
-    )
+    try:
+        return L.Trainer(
+            max_epochs=config.epochs,
+            accelerator=config.accelerator,
+            devices=devices,
+            num_nodes=config.num_nodes,
+            strategy=config.strategy,
+            precision=_precision(config),  # type: ignore[arg-type]
+            callbacks=_callbacks(config, run_dir, progress),
+            logger=[
+                CSVLogger(run_dir, name=LOG_DIR, version=""),
+                TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
+            ],
+            default_root_dir=run_dir,
+            limit_train_batches=config.max_steps_per_epoch or 1.0,
+            log_every_n_steps=10,
+            use_distributed_sampler=False,
+            enable_progress_bar=progress,
+            enable_model_summary=progress,
+            num_sanity_val_steps=0,
+        )
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
+        # A combination of where-to-run options that `check_runnable_here` does not foresee.
+        where = {k: getattr(config, k) for k in ("accelerator", "devices", "num_nodes", "strategy")}
+        raise lightning_refusal(exc, where) from exc
 
 
 def _is_primary_process() -> bool:
@@ -228,13 +237,10 @@ def check_trainable(config: TrainConfig, store: PatchStore, dm: PatchDataModule)
     """Refuse, before any folder is made, data that cannot train a classifier.
 
     Raises:
-        HistodetectError: a split with a single class, or a batch larger than the training split.
+        HistodetectError: devices this machine cannot provide (see `check_runnable_here`), a
+            split with a single class, or a batch larger than the training split.
     """
-    if config.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise HistodetectError(
-            f"--accelerator {config.accelerator} asks for a GPU but none is available here; "
-            "use --accelerator cpu or auto."
-        )
+    check_runnable_here(config.accelerator, config.devices, config.num_nodes, config.strategy)
     labels = store.manifest.labels
     for name, rows in (("training", dm.split.train), ("validation", dm.split.valid)):
         n_tumour = int((labels[rows] == 1).sum())
@@ -259,6 +265,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     Raises:
         HistodetectError: missing store, data that cannot train, existing run without resume,
             store changed since the run began, or a diverged run (non-finite loss).
+        Interrupted: stopped by SIGTERM or Ctrl-C; the last checkpoint is kept for --resume.
     """
     import lightning as L  # noqa: N812 - Lightning's documented alias
 
@@ -271,22 +278,42 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     L.seed_everything(config.seed, workers=False, verbose=False)
     datamodule = PatchDataModule(store, config)
     check_trainable(config, store, datamodule)
-    if not resume:
-        _prepare_run_dir(config)
     print(f"data: {store.root} ({len(store)} patches); {datamodule.summary()}")
+    # The network and the Trainer are built before the run folder: options that cannot build
+    # them are refused with nothing left behind.
     spec = _spec_for(config, store, datamodule.split.train)
     module = PatchClassifier(spec.to_dict(), config.to_dict())
+    trainer = _trainer(config, run_dir, progress)
+    if not resume:
+        _prepare_run_dir(config)
     if resume and _is_primary_process():
         set_aside(run_dir)
-    trainer = _trainer(config, run_dir, progress)
     if trainer.global_rank == 0:
         _write_run_info(run_dir, config, store, datamodule, resume)
-    with warnings.catch_warnings():
+    _train(trainer, module, datamodule, ckpt_path, run_dir)
+    return _finish(trainer, run_dir, store, datamodule, started)
+
+
+def _train(
+    trainer: Any, module: Any, dm: PatchDataModule, ckpt_path: Path | None, run_dir: Path
+) -> None:
+    """``trainer.fit``; a run stopped by SIGTERM or Ctrl-C raises `Interrupted`, which says how
+    to resume it (Lightning itself would end the process with exit 0 after SIGTERM, 1 after
+    Ctrl-C, and no word of --resume)."""
+    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
+    with warnings.catch_warnings(), stop_gracefully_on_sigterm() as sigterm:
         # Our batches come from an in-memory iterable, not a DataLoader with workers.
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*Your `IterableDataset` has `__len__` defined.*")
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
-    return _finish(trainer, run_dir, store, datamodule, started)
+        try:
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+        except SystemExit:  # Lightning's exit after SIGTERM (SIGTERMException) or Ctrl-C
+            if not (sigterm or trainer.received_sigterm or trainer.interrupted):
+                raise
+            signum = signal.SIGTERM if sigterm or trainer.received_sigterm else signal.SIGINT
+            raise run_interrupted(run_dir, last, signum) from None
+    if sigterm:  # it came before Lightning's own handler was in place
+        raise run_interrupted(run_dir, last, signal.SIGTERM)
 
 
 def _write_run_info(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import lightning as L  # noqa: N812 - Lightning's documented alias
@@ -16,6 +17,19 @@ from histodetect.hardware import use_channels_last
 from histodetect.models import ModelSpec, build_model, normalise, pixels_to_float, prepare_batch
 from histodetect.training.config import TrainConfig
 from histodetect.training.schedule import make_scheduler
+
+
+def _build(spec: ModelSpec, given: dict[str, Any]) -> nn.Module:
+    """The network of `spec`; a builder option whose name is valid but whose value the network
+    cannot take (a dropout of 1.5, a width of -4) is a user error naming --model-kwargs."""
+    try:
+        return build_model(spec)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        raise HistodetectError(
+            f"--model-kwargs {json.dumps(given)} cannot build {spec.model_name} "
+            f"({reason.rstrip('.')}); check the values (see `histodetect models`)."
+        ) from exc
 
 
 class PatchClassifier(L.LightningModule):
@@ -37,7 +51,7 @@ class PatchClassifier(L.LightningModule):
         self.spec = ModelSpec.from_dict(spec)
         self.config = TrainConfig.from_dict(config)
         self.augment: AugmentConfig = self.config.augment
-        self.model = build_model(self.spec)
+        self.model = _build(self.spec, self.config.model_kwargs)
         self.loss = nn.BCEWithLogitsLoss()
         self.train_acc, self.val_acc = BinaryAccuracy(), BinaryAccuracy()
         self.train_auc, self.val_auc = BinaryAUROC(), BinaryAUROC()

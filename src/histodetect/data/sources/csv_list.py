@@ -6,14 +6,15 @@ from pathlib import Path
 
 from histodetect.data.quality import MISSING_IMAGE, Problem
 from histodetect.data.sources.base import FileEntry, FileListSource
-from histodetect.data.sources.labels_csv import parse_label, read_csv_rows
+from histodetect.data.sources.labels_csv import parse_label, read_numbered_rows
 
 
 class CsvListSource(FileListSource):
     """Images listed in a CSV with columns `path,label` and optional `split`, `slide`.
 
-    An empty label means unlabelled (for example a set to predict on); a label other than 0/1
-    and a path that does not exist are reported as problems and skipped.
+    An empty label means unlabelled (for example a set to predict on); a label other than 0/1,
+    a path that does not exist and a row with the wrong number of fields are reported as
+    problems and skipped.
     """
 
     format_name = "csv"
@@ -21,7 +22,7 @@ class CsvListSource(FileListSource):
     def __init__(self, csv_path: Path) -> None:
         super().__init__(csv_path)
         base = csv_path.parent
-        for line, row in enumerate(read_csv_rows(csv_path, ("path", "label")), start=2):
+        for line, row in read_numbered_rows(csv_path, ("path", "label"), self.problems):
             origin = f"{csv_path.name}:{line}"
             path = Path(row["path"])
             path = path if path.is_absolute() else base / path

@@ -62,7 +62,7 @@ class KaggleSource(FileListSource):
     def _read_labels(self, labels_csv: Path) -> dict[str, int | None]:
         """id -> 0/1 from train_labels.csv; None for an id whose label is bad or conflicting."""
         labels: dict[str, int | None] = {}
-        for row in read_csv_rows(labels_csv, ("id", "label")):
+        for row in read_csv_rows(labels_csv, ("id", "label"), self.problems):
             pid = row["id"]
             origin = f"{labels_csv.name}:{pid}"
             label = parse_label(row["label"], origin, self.problems)

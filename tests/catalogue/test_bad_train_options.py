@@ -1,0 +1,135 @@
+"""Catalogue of `train` options that once fell through to Lightning or torch (an "internal
+error" and an empty run folder, a silent change of recipe, a hang) and of training stopped by a
+signal: each is one sentence naming the option, exit 2 (128 + the signal for a stopped run),
+and no run folder left behind by a refused run.
+
+Add a case here for every defect found in how `train` treats its options or a stop request.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from histodetect.cli.main import main
+from histodetect.models import tiny_model_kwargs
+from imagefiles import make_synthetic_store
+
+TINY_KWARGS = tiny_model_kwargs("histonet")
+TINY = ["--model", "histonet", "--model-kwargs", json.dumps(TINY_KWARGS)]
+QUICK = ["--epochs", "1", "--batch-size", "32", "--no-progress"]
+CLUSTER_VARIABLES = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "GROUP_RANK", "RANK",
+                     "WORLD_SIZE", "LOCAL_RANK", "TORCHELASTIC_RUN_ID", "LSB_JOBID")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("options") / "store"
+    make_synthetic_store(path, n=160, holdout=("valid",))
+    return path
+
+
+@dataclass(frozen=True)
+class Case:
+    """`options` added to a tiny training command; the error must hold every `says` fragment."""
+
+    name: str
+    options: tuple[str, ...]
+    says: tuple[str, ...]
+
+
+CASES = [
+    # B: values Lightning refused with a traceback ("internal error", exit 1, empty run folder).
+    Case("devices zero", ("--devices", "0"), ("--devices", "auto or a whole number", "'0'")),
+    Case("devices negative", ("--devices", "-1"), ("--devices", "'-1'")),
+    Case("devices not a number", ("--devices", "abc"), ("--devices", "'abc'")),
+    Case("unknown strategy", ("--strategy", "foo"), ("--strategy 'foo'", "auto", "ddp")),
+    Case("tpu accelerator", ("--accelerator", "tpu"), ("--accelerator 'tpu'", "cpu, gpu")),
+    Case("dropout above one", ("--model-kwargs", json.dumps({**TINY_KWARGS, "dropout": 1.5})), ("--model-kwargs", "histonet", "dropout")),
+    # C: an empty --augment (an unset shell variable) once trained without augmentation.
+    Case("augment empty", ("--augment", ""), ("--augment is empty", "--augment none")),
+    Case("augment only commas", ("--augment", " , "), ("--augment is empty",)),
+    Case("augment none with d4", ("--augment", "none,d4"), ("--augment 'none,d4'", "none alone")),
+    # F: several nodes with no cluster environment waited forever at "Initializing distributed".
+    Case("two nodes without a cluster", ("--num-nodes", "2"), ("--num-nodes 2", "MASTER_ADDR", "SLURM")),
+]  # fmt: skip
+if not torch.backends.mps.is_available():
+    CASES.append(Case("mps without mps", ("--accelerator", "mps"), ("--accelerator mps",)))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_train_option_is_one_sentence_and_leaves_no_run_folder(
+    case: Case,
+    store: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in [*CLUSTER_VARIABLES, *(v for v in os.environ if v.startswith("SLURM_"))]:
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "new_run"
+    capsys.readouterr()
+    code = main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK, *case.options])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    for fragment in case.says:
+        assert fragment in err, (fragment, err)
+    assert not out.exists(), "a refused run must leave no run folder"
+
+
+# ----------------------------------------------------------------------------- D: stopped runs
+
+
+def _train_then_signal(store: Path, out: Path, signum: int) -> subprocess.CompletedProcess[str]:
+    """Start a long tiny run in a child process, send `signum` once its first checkpoint is on
+    disk, and return how the child ended."""
+    argv = [sys.executable, "-m", "histodetect", "train", "--data", str(store), "--out", str(out),
+            *TINY, "--epochs", "1000", "--batch-size", "16", "--checkpoint-every-steps", "1",
+            "--no-progress"]  # fmt: skip
+    child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoints" / "last.ckpt").is_file():
+            assert child.poll() is None, child.communicate()[1]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.05)
+        child.send_signal(signum)
+        stdout, stderr = child.communicate(timeout=120)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.communicate()
+    return subprocess.CompletedProcess(argv, child.returncode, stdout, stderr)
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "says"),
+    [(signal.SIGTERM, 143, "interrupted by SIGTERM"), (signal.SIGINT, 130, "interrupted;")],
+    ids=["sigterm", "sigint"],
+)
+def test_a_stopped_run_exits_non_zero_and_keeps_its_checkpoint_for_resume(
+    store: Path, tmp_path: Path, signum: int, code: int, says: str
+) -> None:
+    """SIGTERM (a scheduler's stop) once ended the run with exit 0 and no model, recorded as a
+    success; Ctrl-C ended it with exit 1 and only Lightning's message."""
+    from histodetect.training.fit import _check_resumable
+
+    out = tmp_path / "run"
+    ended = _train_then_signal(store, out, signum)
+    last_line = ended.stderr.strip().splitlines()[-1]
+    assert ended.returncode == code, ended.stderr
+    assert says in last_line and f"histodetect train --resume {out}" in last_line, last_line
+    assert "Traceback" not in ended.stderr
+    assert not (out / "summary.json").exists() and not (out / "model.pt").exists()
+    assert _check_resumable(out)[0] == out / "checkpoints" / "last.ckpt"
