@@ -126,8 +126,26 @@ CASES = [
     Case("evaluate batch size negative", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--batch-size", "-1"], ("--batch-size must be at least 1",)),
     Case("evaluate bootstrap zero", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--bootstrap", "0"], ("--bootstrap must be at least 1",)),
     Case("calibrate batch size negative", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--batch-size", "-2"], ("--batch-size must be at least 1",)),
+    Case("store without its pixel file", lambda t, s, r: ["predict", str(_without_pixels(t, s)), "--model", str(r), "--out", str(t / "p.csv"), "--no-progress"], ("pixels.u8 is missing", "ingest")),
+    Case("truncated model file", lambda t, s, r: ["predict", str(s), "--model", str(_truncated(t, r)), "--out", str(t / "p.csv"), "--no-progress"], ("trunc.pt", "cut short")),
+    Case("negative workers", lambda t, s, r: ["predict", str(s), "--model", str(r), "--out", str(t / "p.csv"), "--workers", "-3"], ("--workers", "negative")),
     Case("evaluate unknown shift", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--shift", "fog", "--out", str(t / "rep")], ("--shift", "fog")),
 ]  # fmt: skip
+
+
+def _without_pixels(tmp: Path, store: Path) -> Path:
+    """A store copy whose pixels.u8 is gone (found reported as "expected ... found -1")."""
+    copy = tmp / "no_pixels"
+    shutil.copytree(store, copy)
+    (copy / "pixels.u8").unlink()
+    return copy
+
+
+def _truncated(tmp: Path, run: Path) -> Path:
+    """The first half of a model.pt (a cut-off copy or download)."""
+    data = (run / "model.pt").read_bytes()
+    (tmp / "trunc.pt").write_bytes(data[: len(data) // 2])
+    return tmp / "trunc.pt"
 
 
 def _touch(path: Path) -> Path:

@@ -49,6 +49,19 @@ def test_every_family_has_a_spatial_features_stage(name: str, rng: np.random.Gen
     assert (np.maximum(tumour, normal).max(axis=(1, 2)) > 0).all()
 
 
+@pytest.mark.parametrize("channels, side", [((4, 8, 8, 8), 6), ((4, 8, 8, 8, 8), 6), ((4, 8), 24)])
+def test_histocnn_is_explained_at_its_deepest_map_of_at_least_6_cells(
+    channels: tuple[int, ...], side: int
+) -> None:
+    # A fifth block leaves a 3 x 3 map (32 px cells): Grad-CAM there could only say "centre or
+    # not"; the block before it (6 x 6) still shows where.
+    model = create_model("histocnn", input_size_px=96, conv_channels=channels, dense_units=8)
+    maps: list[torch.Tensor] = []
+    feature_stage(model).register_forward_hook(lambda m, i, o: maps.append(o))
+    model.eval()(torch.zeros(1, 3, 96, 96))
+    assert maps[0].shape[2:] == (side, side)
+
+
 def test_unknown_family_is_named() -> None:
     with pytest.raises(HistodetectError, match="does not know the model family Sequential"):
         feature_stage(nn.Sequential(nn.Conv2d(3, 4, 3)))

@@ -202,6 +202,12 @@ def test_existing_output_is_refused_without_overwrite(
     assert main([*argv, "--no-progress"]) == 2
     assert "already exists" in capsys.readouterr().err
     assert out.read_text() == "mine\n"
+    # --overwrite replaces only a predictions CSV: the user's own file stays (catalogue:
+    # tests/catalogue/test_overwrite.py)
+    assert main([*argv, "--no-progress", "--overwrite"]) == 2
+    assert "not a predictions CSV" in capsys.readouterr().err
+    assert out.read_text() == "mine\n"
+    out.write_text("id,label\nold,0.5\n")  # an earlier prediction
     assert main([*argv, "--no-progress", "--overwrite"]) == 0
     assert [r["id"] for r in _read_csv(out)] == ["a"]
 

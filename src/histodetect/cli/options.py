@@ -23,8 +23,22 @@ def add_seed(parser: argparse.ArgumentParser, default: int = 0) -> None:
 def add_workers(parser: argparse.ArgumentParser) -> None:
     """--workers: decoding processes."""
     parser.add_argument(
-        "--workers", type=int, default=0, help="decoding processes (default: one per CPU core)"
+        "--workers",
+        type=_non_negative_int,
+        default=0,
+        help="decoding processes (default 0: one per CPU core)",
     )
+
+
+def _non_negative_int(text: str) -> int:
+    """argparse type: a whole number >= 0 (argparse names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 (one per core) or more")
+    return value
 
 
 def add_out(parser: argparse.ArgumentParser, what: str, required: bool = True) -> None:

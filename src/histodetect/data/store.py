@@ -274,7 +274,11 @@ def _open_pixels(path: Path, n: int) -> np.ndarray:
     """Memory-map the pixel file read-only, checking its size matches n patches."""
     shape = (n, PATCH_SIZE_PX, PATCH_SIZE_PX, 3)
     expected = int(np.prod(shape))
-    actual = path.stat().st_size if path.is_file() else -1
+    if not path.is_file():
+        raise HistodetectError(
+            f"{path} is missing, so the store is incomplete; ingest the data again."
+        )
+    actual = path.stat().st_size
     if actual != expected:
         raise HistodetectError(
             f"{path} is damaged: expected {expected} bytes for {n} patches, found {actual}."

@@ -47,11 +47,26 @@ def _feature_table() -> dict[type[nn.Module], Callable[[Any], nn.Module]]:
     from histodetect.models.timm_backbone import SingleLogit
 
     return {
-        HistoCNN: lambda model: model.features,  # conv blocks; head = flatten + dense
+        HistoCNN: _histocnn_stage,  # a conv block; head = flatten + dense
         HistoNet: lambda model: model.stages,  # stem + residual stages; head = pool + linear
         SeedCNN: lambda model: model.features,  # conv blocks; classifier = flatten + dense
         SingleLogit: _timm_last_stage,  # the backbone's deepest feature_info stage
     }
+
+
+MIN_CAM_SIDE = 6
+"""Grad-CAM of a HistoCNN is taken at its deepest map at least this many cells a side: with a
+fifth block the last map is 3 x 3 (32 px cells), too coarse to show where the evidence is."""
+
+
+def _histocnn_stage(model: Any) -> nn.Module:
+    """The deepest block of a HistoCNN whose output map is at least `MIN_CAM_SIDE` a side (the
+    last block when none is; four blocks at 96 px: the last, 6 x 6)."""
+    blocks = list(model.features)
+    sides = [model.input_size_px >> (i + 1) for i in range(len(blocks))]
+    fine = [i for i, side in enumerate(sides) if side >= MIN_CAM_SIDE]
+    block: nn.Module = blocks[fine[-1] if fine else -1]
+    return block
 
 
 def _timm_last_stage(model: Any) -> nn.Module:

@@ -208,8 +208,12 @@ def _read(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if path.suffix != ".ckpt":
+            reason = (
+                str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
+            )
             raise HistodetectError(
-                f"{path} cannot be read as a model file ({str(exc)[:120]})."
+                f"{path} cannot be read as a model file ({reason}); it is damaged, cut short or "
+                "not a model: copy it again or give a model.pt that histodetect wrote."
             ) from exc
         # Our own Lightning training checkpoints may hold more than tensors (loop state).
         try:

@@ -70,6 +70,7 @@ class HistoCNN(nn.Module):
         head: str,
     ) -> None:
         super().__init__()
+        self.input_size_px = input_size_px
         blocks: list[nn.Module] = []
         in_channels = 3
         for out_channels in conv_channels:
