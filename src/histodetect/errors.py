@@ -25,6 +25,13 @@ def reject_unknown_fields(cls: type, data: Mapping[str, Any], what: str) -> None
         )
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's text (at most `limit` characters), or its type's name
+    when it has none: how a library's error is quoted inside one of our sentences."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
 class Interrupted(KeyboardInterrupt):
     """A signal (Ctrl-C's SIGINT, a scheduler's SIGTERM) stopped the command; the CLI prints
     `message` (what was kept, how to continue) and exits 128 + `signum`.

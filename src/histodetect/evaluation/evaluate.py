@@ -193,7 +193,7 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
         metrics["shifts"] = _shift_robustness(loaded, store, split, labels, opts)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out, replace=opts.overwrite) as tmp:  # all files appear at once, or none
-        _write_json(tmp / METRICS_FILE, metrics)
+        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
         _write_report(tmp, metrics, labels, probs, store, split, loaded)
     return metrics
 
@@ -272,12 +272,6 @@ def _context(
         "store": str(store.root),
         "store_fingerprint": store.fingerprint,
     }
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    tmp.replace(path)
 
 
 def _overlays(loaded: LoadedModel, pixels: np.ndarray) -> list[np.ndarray]:

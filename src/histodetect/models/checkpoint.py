@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from histodetect.errors import HistodetectError
+from histodetect.atomic import temp_sibling
+from histodetect.errors import HistodetectError, first_line
 from histodetect.modelfiles import (  # noqa: F401 - re-exported where they used to live
     BUNDLED_MODEL,
     MODEL_FILE,
@@ -74,12 +74,12 @@ def save_model(
 def _save_atomic(payload: dict[str, Any], path: Path) -> None:
     """torch.save through a temporary sibling renamed into place; an unwritable folder or a
     full disk is one sentence naming the file, and leaves `path` as it was."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(path)
     try:
         torch.save(payload, tmp)
         tmp.replace(path)
     except (OSError, RuntimeError) as exc:  # torch reports a failed write as a RuntimeError
-        reason = getattr(exc, "strerror", None) or str(exc).strip().splitlines()[-1][:160]
+        reason = getattr(exc, "strerror", None) or first_line(exc, 160)
         raise HistodetectError(
             f"cannot write {path} ({reason}); check that its folder is writable and the disk "
             "has room (nothing was changed)."
@@ -208,11 +208,8 @@ def _read(path: Path) -> dict[str, Any]:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         if path.suffix != ".ckpt":
-            reason = (
-                str(exc).strip().splitlines()[0][:120] if str(exc).strip() else type(exc).__name__
-            )
             raise HistodetectError(
-                f"{path} cannot be read as a model file ({reason}); it is damaged, cut short or "
+                f"{path} cannot be read as a model file ({first_line(exc, 120)}); it is damaged, cut short or "
                 "not a model: copy it again or give a model.pt that histodetect wrote."
             ) from exc
         # Our own Lightning training checkpoints may hold more than tensors (loop state).

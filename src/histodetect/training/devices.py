@@ -7,7 +7,7 @@ import os
 import re
 from typing import Any
 
-from histodetect.errors import HistodetectError
+from histodetect.errors import HistodetectError, first_line
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 """--accelerator values; tpu is not offered (histodetect does not support torch_xla)."""
@@ -101,7 +101,7 @@ def _cluster_detected() -> bool:
 def lightning_refusal(exc: BaseException, options: dict[str, Any]) -> HistodetectError:
     """A sentence for an option combination Lightning refused when the Trainer was built."""
     given = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in options.items())
-    reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     return HistodetectError(
-        f"Lightning cannot train with {given} ({reason.rstrip('.')}); change these options."
+        f"Lightning cannot train with {given} ({first_line(exc).rstrip('.')}); change these "
+        "options."
     )

@@ -12,7 +12,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
 from histodetect.augment import AugmentConfig, apply_augment
-from histodetect.errors import HistodetectError
+from histodetect.errors import HistodetectError, first_line
 from histodetect.hardware import use_channels_last
 from histodetect.models import ModelSpec, build_model, normalise, pixels_to_float, prepare_batch
 from histodetect.training.config import TrainConfig
@@ -25,10 +25,9 @@ def _build(spec: ModelSpec, given: dict[str, Any]) -> nn.Module:
     try:
         return build_model(spec)
     except (ValueError, TypeError, RuntimeError) as exc:
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise HistodetectError(
             f"--model-kwargs {json.dumps(given)} cannot build {spec.model_name} "
-            f"({reason.rstrip('.')}); check the values (see `histodetect models`)."
+            f"({first_line(exc).rstrip('.')}); check the values (see `histodetect models`)."
         ) from exc
 
 
