@@ -1,4 +1,4 @@
-"""Tests for batched on-device augmentation (D4, HED stain jitter, blur, colour jitter)."""
+"""Tests for batched on-device augmentation (D4, HED stain jitter, blur, colour jitter, mixup)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from histodetect.augment import (
     gaussian_blur,
     hed_jitter,
     invert_d4,
+    mixup,
     random_blur,
     random_d4,
     random_d4_with_index,
@@ -221,3 +222,52 @@ def test_cuda_matches_shapes_and_is_deterministic() -> None:
     first = apply_augment(x, AugmentConfig(), torch.Generator("cuda").manual_seed(0))
     second = apply_augment(x, AugmentConfig(), torch.Generator("cuda").manual_seed(0))
     assert first.device == x.device and torch.equal(first, second)
+
+
+def test_mixup_mixes_images_and_labels_alike_and_keeps_the_majority() -> None:
+    # Each image is one flat grey level that is also its "label": a mixed image's grey level
+    # must then equal its mixed label, whatever partner and weight were drawn.
+    n = 64
+    levels = torch.linspace(0.0, 1.0, n)
+    x = levels.view(n, 1, 1, 1).expand(n, 3, 4, 4).contiguous()
+    mixed, soft = mixup(x, levels, 0.4, torch.Generator().manual_seed(3))
+    assert mixed.shape == x.shape and soft.shape == levels.shape
+    torch.testing.assert_close(mixed[:, 0, 0, 0], soft)
+    assert torch.equal(mixed, mixed[:, :1, :1, :1].expand_as(mixed)), "a per-image weight"
+    assert not torch.equal(mixed, x), "something was mixed"
+    # Binary labels: the image keeps at least half of its own content, so its own label is
+    # still the nearer one (what training accuracy and AUC are scored against).
+    hard = (torch.arange(n) % 2).float()
+    _, soft_hard = mixup(x, hard, 0.4, torch.Generator().manual_seed(3))
+    assert float((soft_hard - hard).abs().max()) <= 0.5
+    assert float(mixed.min()) >= 0.0 and float(mixed.max()) <= 1.0
+
+
+def test_mixup_weights_follow_the_folded_beta_and_are_seeded() -> None:
+    from scipy import stats
+
+    n, alpha = 20_000, 0.4
+    x = torch.zeros(n, 3, 1, 1)
+    # Labels 1 in the first half, 0 in the second: an image of the first half whose partner
+    # came from the second half has its own weight as its mixed label.
+    labels = torch.zeros(n)
+    labels[: n // 2] = 1.0
+    _, soft = mixup(x, labels, alpha, torch.Generator().manual_seed(0))
+    own = soft[: n // 2]
+    weights = own[own < 1.0]  # partners from the zero half: soft label = own weight
+    assert float(weights.min()) >= 0.5
+    expected = stats.beta(alpha, alpha).expect(lambda b: max(b, 1 - b))
+    assert abs(float(weights.mean()) - expected) < 0.01
+    again = mixup(x, labels, alpha, torch.Generator().manual_seed(0))[1]
+    other = mixup(x, labels, alpha, torch.Generator().manual_seed(1))[1]
+    assert torch.equal(soft, again) and not torch.equal(soft, other)
+
+
+def test_mixup_is_off_by_default_and_validated() -> None:
+    assert not AugmentConfig().mixup and not AugmentConfig.none().mixup
+    with pytest.raises(HistodetectError, match="mixup_alpha"):
+        AugmentConfig(mixup=True, mixup_alpha=0.0)
+    with pytest.raises(HistodetectError, match="mixup_alpha"):
+        AugmentConfig(mixup_alpha=11.0)
+    with pytest.raises(HistodetectError, match="alpha"):
+        mixup(_images(), torch.zeros(4), 0.0)

@@ -262,6 +262,48 @@ def random_blur(
     return gaussian_blur(x, sigma, max_sigma)
 
 
+# ----------------------------------------------------------------------------- mixup
+
+
+def mixup(
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    alpha: float = 0.4,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mix each training image with another of the batch, and its label alike (Zhang et al.,
+    2018, "mixup: Beyond Empirical Risk Minimization").
+
+    The weight of each image's own content is drawn per image from Beta(alpha, alpha) and folded
+    to at least 0.5, so the image keeps the majority of its own pixels: its original label stays
+    the one to score training accuracy and AUC against, while the loss learns from the mixed,
+    soft label. Pixels stay in [0, 1].
+
+    Args:
+        x: Float images (N, 3, S, S) in [0, 1].
+        labels: Float labels (N,) in [0, 1].
+        alpha: Beta parameter; small values mix little (most weights near 1).
+        generator: Random source on ``x``'s device; seeded, it makes the output reproducible.
+
+    Returns:
+        The mixed images and the mixed (soft) labels.
+    """
+    from scipy.special import betaincinv  # the Beta quantile: draws come from `generator`
+
+    _check_images(x)
+    if alpha <= 0:
+        raise HistodetectError(f"mixup alpha must be above 0, got {alpha}.")
+    n = x.shape[0]
+    unit = torch.rand((n,), generator=generator, device=x.device, dtype=torch.float64)
+    weight = torch.from_numpy(betaincinv(alpha, alpha, unit.cpu().numpy()))
+    weight = torch.maximum(weight, 1.0 - weight).to(device=x.device, dtype=x.dtype)
+    partner = torch.randperm(n, generator=generator, device=x.device)
+    w = weight.view(n, 1, 1, 1)
+    mixed = w * x + (1.0 - w) * x[partner]
+    soft = weight.to(labels.dtype) * labels + (1.0 - weight.to(labels.dtype)) * labels[partner]
+    return mixed, soft
+
+
 # ----------------------------------------------------------------------------- config
 
 
@@ -280,6 +322,8 @@ class AugmentConfig:
         saturation: Saturation half-width, in [0, 1].
         blur: Gaussian blur with a per-image sigma (`random_blur`); off by default.
         blur_sigma: Largest sigma in pixels, in [0, 5].
+        mixup: Mix pairs of training images and their labels (`mixup`); off by default.
+        mixup_alpha: Beta(alpha, alpha) parameter of the mixing weight, in (0, 10].
     """
 
     d4: bool = True
@@ -292,25 +336,29 @@ class AugmentConfig:
     saturation: float = 0.2
     blur: bool = False
     blur_sigma: float = 1.5
+    mixup: bool = False
+    mixup_alpha: float = 0.4
 
     def __post_init__(self) -> None:
         """Validate ranges so a bad config fails at load time, not mid-training."""
-        for name in ("d4", "hed", "colour", "blur"):
+        for name in ("d4", "hed", "colour", "blur", "mixup"):
             if not isinstance(getattr(self, name), bool):
                 raise HistodetectError(f"AugmentConfig.{name} must be true or false.")
         limits = {"hed_sigma": 0.999, "hed_bias": 13.8, "brightness": 1.0}
-        limits |= {"contrast": 1.0, "saturation": 1.0, "blur_sigma": 5.0}
+        limits |= {"contrast": 1.0, "saturation": 1.0, "blur_sigma": 5.0, "mixup_alpha": 10.0}
         for name, high in limits.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise HistodetectError(f"AugmentConfig.{name} must be a number.")
             if not 0.0 <= value <= high:
                 raise HistodetectError(f"AugmentConfig.{name} must lie in [0, {high}].")
+        if self.mixup_alpha <= 0:
+            raise HistodetectError("AugmentConfig.mixup_alpha must be above 0.")
 
     @classmethod
     def none(cls) -> AugmentConfig:
         """No augmentation at all (the seed preset)."""
-        return cls(d4=False, hed=False, colour=False, blur=False)
+        return cls(d4=False, hed=False, colour=False, blur=False, mixup=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict that `from_dict` accepts."""

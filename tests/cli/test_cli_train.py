@@ -49,4 +49,7 @@ def test_augment_option_switches_names_and_strengths() -> None:
     cfg = _augment("d4,hed,colour,blur,blur_sigma=1.0,hed_sigma=0.05")
     assert cfg == AugmentConfig(blur=True, blur_sigma=1.0, hed_sigma=0.05)
     assert _augment("none") == AugmentConfig.none()
+    assert _augment("d4,hed,colour,mixup,mixup_alpha=0.2") == AugmentConfig(
+        mixup=True, mixup_alpha=0.2
+    )
     assert _augment("d4") == AugmentConfig(hed=False, colour=False, blur=False)

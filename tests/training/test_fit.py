@@ -165,3 +165,34 @@ def test_compile_trains_through_the_compiled_module(
     loaded = load_checkpoint(tmp_path / "run")
     # The file holds the plain model's parameter names, not the compiled wrapper's.
     assert not any("_orig_mod" in key for key in loaded.model.state_dict())
+
+
+def test_mixup_trains_on_soft_labels_and_scores_the_images_own(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from histodetect.augment import AugmentConfig
+    from histodetect.training import module
+
+    calls: list[tuple[torch.Tensor, torch.Tensor]] = []
+    real_mixup = module.mixup
+
+    def recording_mixup(x, labels, alpha, generator):  # type: ignore[no-untyped-def]
+        out = real_mixup(x, labels, alpha, generator)
+        calls.append((labels, out[1]))
+        return out
+
+    monkeypatch.setattr(module, "mixup", recording_mixup)
+    config = resolve_config(
+        str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32,
+        augment=AugmentConfig(mixup=True, mixup_alpha=1.0), **TINY,
+    )  # fmt: skip
+    result = fit(config, progress=False)
+    assert result.epochs_run == 1 and calls, "mixup ran on every training batch"
+    labels, soft = calls[0]
+    assert set(labels.unique().tolist()) <= {0.0, 1.0}
+    assert ((soft > 0) & (soft < 1)).any(), "the loss saw mixed, soft labels"
+    rows = list(csv.DictReader((tmp_path / "run/logs/metrics.csv").open()))
+    assert any(r.get("train_auc") for r in rows), "training AUC is still scored"
+    assert TrainConfig.load(tmp_path / "run").augment.mixup

@@ -10,9 +10,9 @@ from typing import Any
 from histodetect.cli import options
 
 HELP = "train a model on a patch store; --preset seed reproduces the original write-up"
-AUGMENTATIONS = ("d4", "hed", "colour", "blur")
+AUGMENTATIONS = ("d4", "hed", "colour", "blur", "mixup")
 STRENGTH_OF = {"hed_sigma": "hed", "hed_bias": "hed", "brightness": "colour", "contrast": "colour",
-               "saturation": "colour", "blur_sigma": "blur"}  # fmt: skip
+               "saturation": "colour", "blur_sigma": "blur", "mixup_alpha": "mixup"}  # fmt: skip
 """The augmentation each --augment NAME=VALUE strength belongs to."""
 
 
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--augment",
         help=f"comma list of {', '.join(AUGMENTATIONS)}, or 'none', and NAME=VALUE strengths "
-        "(hed_sigma, hed_bias, brightness, contrast, saturation, blur_sigma); default: the preset's",
+        "(hed_sigma, hed_bias, brightness, contrast, saturation, blur_sigma, mixup_alpha); default: the preset's",
     )
     parser.add_argument(
         "--early-stop", dest="early_stop_patience", type=int, help="patience in epochs; 0 = off"

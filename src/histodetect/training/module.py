@@ -11,7 +11,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
 
-from histodetect.augment import AugmentConfig, apply_augment
+from histodetect.augment import AugmentConfig, apply_augment, mixup
 from histodetect.errors import HistodetectError, first_line
 from histodetect.hardware import use_channels_last
 from histodetect.models import ModelSpec, build_model, normalise, pixels_to_float, prepare_batch
@@ -101,16 +101,26 @@ class PatchClassifier(L.LightningModule):
             x = normalise(x, self.spec)
         else:
             x = prepare_batch(pixels, self.spec)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return self._layout(x)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def training_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         pixels, labels = batch
-        logits = self(self._inputs(pixels, train=True)).float()
-        loss = self.loss(logits, labels)
+        targets = labels
+        if self.augment.mixup:
+            x = apply_augment(pixels_to_float(pixels), self.augment, self._generator)
+            x, targets = mixup(x, labels, self.augment.mixup_alpha, self._generator)
+            x = self._layout(normalise(x, self.spec))
+        else:
+            x = self._inputs(pixels, train=True)
+        logits = self(x).float()
+        # With mixup the loss learns the mixed labels; accuracy and AUC are scored against each
+        # image's own label, which holds the majority of its pixels.
+        loss = self.loss(logits, targets)
         if not torch.isfinite(loss):
             self._diverged(f"the training loss became {loss.item()}")
         probs = torch.sigmoid(logits.detach())
