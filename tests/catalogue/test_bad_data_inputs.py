@@ -450,3 +450,35 @@ def test_truncated_h5_given_to_predict_is_one_sentence(tmp_path: Path) -> None:
     x.write_bytes(x.read_bytes()[:5000])
     with pytest.raises(HistodetectError, match=f"{x} cannot be read as an HDF5 file.*truncated"):
         collect_inputs([x])
+
+
+def test_split_folders_spelled_otherwise_are_stored_under_the_names_train_knows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Folders `Train/` and `Val/` (or `validation/`) became splits `Train` and `Val`: `train`
+    found no `valid` split and made its own from every patch, so the user's validation patches
+    were trained on. Split names are now stored canonically, and names `train` does not know
+    are reported."""
+    from histodetect.data.splits import choose_split
+    from histodetect.data.store import open_store
+
+    rng = _rng()
+    src = tmp_path / "src"
+    for split, n in (("Train", 6), ("Val", 4), ("holdout", 2)):
+        for label in (0, 1):
+            for i in range(n // 2):
+                save_image(src / split / str(label) / f"{split}{label}{i}.png", random_patch(rng))
+    assert main(["ingest", str(src), "--out", str(tmp_path / "st"), *QUIET]) == 0
+    said = capsys.readouterr()
+    store = open_store(tmp_path / "st")
+    splits = store.manifest.splits.tolist()
+    assert sorted(set(splits)) == ["holdout", "train", "valid"]
+    assert splits.count("valid") == 4 and splits.count("train") == 6
+    out = said.out + said.err
+    assert "split 'Train' is stored as 'train'" in out and "split 'Val' is stored as 'valid'" in out
+    assert "split 'holdout' is not train, valid or test" in out
+    split = choose_split(store)
+    assert split.method == "official" and len(split.valid) == 4 and len(split.train) == 6
+    # --strict treats the renaming as the problem it is reported as
+    argv = ["ingest", str(src), "--out", str(tmp_path / "st2"), "--strict", *QUIET]
+    assert main(argv) == 2 and not (tmp_path / "st2").exists()

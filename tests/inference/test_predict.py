@@ -92,6 +92,9 @@ def test_folder_rows_keep_order_and_failures_do_not_stop_the_rest(
     assert by_id["bad"].probability is None and "cannot be read" in str(by_id["bad"].error)
     assert "is 128x128 px, expected 96x96; use --resize or --center-crop" in str(by_id["big"].error)
     assert by_id["z16"].probability is None and "8-bit" in str(by_id["z16"].error)
+    # A greyscale file is predicted, and says it was converted (as ingest reports it).
+    assert "grayscale image converted to RGB" in str(by_id["gray"].note)
+    assert [r.id for r in rows if r.note] == ["gray"]
 
 
 def test_resize_and_center_crop_make_other_sizes_predictable(
@@ -153,6 +156,8 @@ def test_cli_end_to_end_with_a_process_pool(
     assert main([*argv, "--with-path", "--workers", "2", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "6 predicted, 5 failed." in captured.out and str(out) in captured.out
+    assert "note: 2 images were converted to RGB before prediction" in captured.err
+    assert "gray.png: grayscale image converted to RGB" in captured.err
     assert str(model_path) in captured.out and "threshold 0.500" in captured.out
     written = _read_csv(out)
     assert list(written[0]) == ["id", "label", "path", "error"]

@@ -88,6 +88,16 @@ def _report(rows: list[PredictionRow], out: Path, added_path: bool) -> int:
             "added a path column to tell them apart.",
             file=sys.stderr,
         )
+    converted = [row for row in rows if row.note is not None and row.error is None]
+    if converted:
+        # Predicted, but not from the file's own pixels as they are: say so, as ingest does.
+        first = converted[0]
+        print(
+            f"note: {len(converted)} image{'s were' if len(converted) > 1 else ' was'} "
+            f"converted to RGB before prediction (e.g. {first.path}: {first.note}); check "
+            "that they are the H&E patches you meant.",
+            file=sys.stderr,
+        )
     failed = [row for row in rows if row.error is not None]
     for row in failed[:MAX_LISTED_FAILURES]:
         print(f"  {row.path}: {row.error}", file=sys.stderr)

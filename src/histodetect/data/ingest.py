@@ -13,6 +13,7 @@ from histodetect.data.patch import patch_ids
 from histodetect.data.quality import (
     CROSS_SPLIT_DUPLICATE,
     LABEL_CONFLICT,
+    SPLIT_NAME,
     IngestReport,
     LabelConflicts,
     Problem,
@@ -21,7 +22,14 @@ from histodetect.data.quality import (
 )
 from histodetect.data.sources import Block, Source, open_source
 from histodetect.data.sources.base import default_workers
-from histodetect.data.store import Manifest, PatchStore, split_display
+from histodetect.data.store import (
+    SPLIT_ALIASES,
+    UNNAMED_SPLIT,
+    Manifest,
+    PatchStore,
+    canonical_split,
+    split_display,
+)
 from histodetect.data.writer import StoreWriter, check_store_destination
 from histodetect.errors import HistodetectError
 
@@ -104,11 +112,34 @@ def _write_blocks(
     with tqdm(
         total=source.count(), unit="patch", desc="ingest", disable=not options.progress
     ) as bar:
+        given_splits: set[str] = set()
         for block in source.iter_blocks(workers):
             report.problems += block.problems
+            given_splits.update(block.splits)
             _add_block(block, writer, report, options, conflicts)
             bar.update(block.n_inputs)
     report.n_written = len(writer)
+    report.problems += _split_name_problems(given_splits, report.source)
+
+
+def _split_name_problems(given: set[str], origin: str) -> list[Problem]:
+    """Report split names stored under another spelling (`Val` as `valid`), and names `train`
+    does not know, whose patches it may train on."""
+    problems = []
+    for name in sorted(given - {UNNAMED_SPLIT}):
+        stored = canonical_split(name)
+        if stored != name:
+            reason = f"split {name!r} is stored as {stored!r}"
+        elif name not in SPLIT_ALIASES.values():
+            reason = (
+                f"split {name!r} is not train, valid or test, so `histodetect train` may train "
+                "on its patches; name its folder (or CSV value) test or valid if it is "
+                "held-out data"
+            )
+        else:
+            continue
+        problems.append(Problem(origin, SPLIT_NAME, reason))
+    return problems
 
 
 def _add_block(
@@ -137,7 +168,7 @@ def _add_block(
     writer.add(
         block.pixels[k],
         block.labels[k],
-        [block.splits[i] for i in k],
+        [canonical_split(block.splits[i]) for i in k],
         [block.slides[i] for i in k],
         [block.origins[i] for i in k],
         [flags[i] for i in k],

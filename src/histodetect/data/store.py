@@ -33,6 +33,18 @@ STORE_ENTRIES = (PIXELS_FILE, MANIFEST_FILE, HEADER_FILE, "ingest_report.json", 
 """Everything a store folder holds (besides the `inspect/` report folder)."""
 
 
+SPLIT_ALIASES = {"train": "train", "training": "train", "valid": "valid", "val": "valid",
+                 "validation": "valid", "test": "test", "testing": "test"}  # fmt: skip
+"""Split names `train`, `evaluate` and `calibrate` know, by any common spelling (case aside)."""
+
+
+def canonical_split(name: str) -> str:
+    """The split name a store keeps for `name` as a folder or CSV gave it: `Val`, `VALID` and
+    `validation` are all `valid` (else training would not find the validation split and would
+    train on those patches); names it does not know are kept as given."""
+    return SPLIT_ALIASES.get(name.strip().lower(), name)
+
+
 def split_display(name: str) -> str:
     """A split's name as messages show it: the unnamed split is "(none)", never an empty string."""
     return name if name != UNNAMED_SPLIT else UNNAMED_SPLIT_LABEL

@@ -8,7 +8,7 @@ import glob
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
 from pathlib import Path
@@ -60,12 +60,16 @@ class Batch:
     Attributes:
         ids, paths, errors: one entry per row; errors[i] is None when row i was read.
         pixels: uint8 (number of rows without error, S, S, 3), in row order.
+        notes: one entry per row (or empty: none): how the file was converted to RGB (a
+            greyscale, CMYK or palette image, the first page of a multi-page TIFF), as `ingest`
+            reports it; None when it was read as it is.
     """
 
     ids: list[str]
     paths: list[str]
     errors: list[str | None]
     pixels: np.ndarray
+    notes: list[str | None] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -241,18 +245,21 @@ def _fitted_batch(
     """One Batch of the decoded images that fit `size_px` (errors listed for the others)."""
     pixels = np.empty((len(decoded), size_px, size_px, 3), dtype=np.uint8)
     errors: list[str | None] = []
+    notes: list[str | None] = []
     n_ok = 0
     for one in decoded:
         image, error = one.pixels, None
         if one.problem is not None and one.problem.kind != CONVERTED:
             error = one.problem.reason
+        problem = one.problem
+        notes.append(problem.reason if problem is not None and problem.kind == CONVERTED else None)
         if image is not None and error is None:
             image, error = fit_to_size(image, size_px, resize, center_crop)
         if image is not None and error is None:
             pixels[n_ok] = image
             n_ok += 1
         errors.append(error)
-    return Batch(ids, origins, errors, pixels[:n_ok])
+    return Batch(ids, origins, errors, pixels[:n_ok], notes)
 
 
 def _fit_array(pixels: np.ndarray, size_px: int, resize: bool, crop: bool) -> np.ndarray:

@@ -38,12 +38,15 @@ class PredictionRow:
         path: the file, or `<store or .h5 path>#<row>`.
         probability: calibrated tumour probability in [0, 1]; None when the input failed.
         error: why the input could not be predicted; None when it was.
+        note: how the file was converted to RGB before it was predicted (greyscale, CMYK,
+            the first page of a multi-page TIFF...); None when it was read as it is.
     """
 
     id: str
     path: str
     probability: float | None
     error: str | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -230,9 +233,10 @@ class Predictor:
 def batch_rows(batch: Batch, probabilities: np.ndarray) -> list[PredictionRow]:
     """Rows of a batch, giving the probabilities in order to the rows read without error."""
     values = iter(probabilities.tolist())
+    notes = batch.notes or [None] * len(batch.ids)
     return [
-        PredictionRow(pid, path, None if error else float(next(values)), error)
-        for pid, path, error in zip(batch.ids, batch.paths, batch.errors, strict=True)
+        PredictionRow(pid, path, None if error else float(next(values)), error, note)
+        for pid, path, error, note in zip(batch.ids, batch.paths, batch.errors, notes, strict=True)
     ]
 
 
