@@ -133,3 +133,42 @@ def test_a_stopped_run_exits_non_zero_and_keeps_its_checkpoint_for_resume(
     assert "Traceback" not in ended.stderr
     assert not (out / "summary.json").exists() and not (out / "model.pt").exists()
     assert _check_resumable(out)[0] == out / "checkpoints" / "last.ckpt"
+
+
+def test_sigterm_saves_the_step_it_stopped_at_and_the_run_resumes_from_it(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A SIGTERM lost every step since the last periodic checkpoint (up to 200 by default): the
+    run now saves last.ckpt at the step it stopped at, and --resume goes on from there."""
+    import lightning as L  # noqa: N812
+
+    from histodetect.errors import Interrupted
+    from histodetect.training import fit as fit_module
+    from histodetect.training.config import resolve_config
+
+    stop_at = 5
+
+    class SigtermAt(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            if trainer.global_step == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    real_callbacks = fit_module._callbacks
+    monkeypatch.setattr(fit_module, "_callbacks", lambda *a: [*real_callbacks(*a), SigtermAt()])
+    out = tmp_path / "run"
+    config = resolve_config(str(store), str(out), epochs=2, batch_size=8, early_stop_patience=0,
+                            checkpoint_every_steps=1000, model="histonet",
+                            model_kwargs=TINY_KWARGS)  # fmt: skip
+    with pytest.raises(Interrupted, match="--resume"):
+        fit_module.fit(config, progress=False)
+    last = out / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, map_location="cpu", weights_only=False)
+    assert saved["global_step"] == stop_at, "the checkpoint holds the step the run stopped at"
+    assert not list(last.parent.glob("*.partial")), "no temporary file is left"
+
+    monkeypatch.undo()
+    result = fit_module.fit(config, resume=True, progress=False)
+    steps_per_epoch = json.loads((out / "run_info.json").read_text())["n_train"] // 8
+    assert result.epochs_run == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert abs(summary["global_step"] - 2 * steps_per_epoch) <= 1

@@ -26,7 +26,11 @@ from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_mode
 from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.devices import check_runnable_here, lightning_refusal
-from histodetect.training.interrupt import run_interrupted, stop_gracefully_on_sigterm
+from histodetect.training.interrupt import (
+    CheckpointAtSigterm,
+    run_interrupted,
+    stop_gracefully_on_sigterm,
+)
 from histodetect.training.metrics_log import LOG_DIR, merge_parts, set_aside
 from histodetect.training.module import PatchClassifier
 from histodetect.training.progress import EpochSummary
@@ -108,6 +112,8 @@ def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
             enable_version_counter=False,
             every_n_train_steps=config.checkpoint_every_steps,
         ),
+        # ...and at the step a SIGTERM stops the run.
+        CheckpointAtSigterm(ckpt_dir / "last.ckpt"),
         EpochSummary(),
     ]
     if progress:

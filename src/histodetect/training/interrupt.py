@@ -1,5 +1,6 @@
-"""A training run stopped by a signal: SIGTERM lets the current step finish, then the run ends
-with one sentence on how to resume it (the CLI exits 128 + the signal's number)."""
+"""A training run stopped by a signal: SIGTERM lets the current step finish, saves the run's
+last checkpoint at that step, then ends the run with one sentence on how to resume it (the CLI
+exits 128 + the signal's number)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import signal
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+import lightning as L  # noqa: N812 - Lightning's documented alias
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from histodetect.errors import Interrupted
 
@@ -31,6 +35,37 @@ def stop_gracefully_on_sigterm() -> Iterator[list[int]]:
         yield received
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+class CheckpointAtSigterm(L.Callback):
+    """Save ``last.ckpt`` when SIGTERM stops the run, so a scheduler's stop loses no steps.
+
+    Lightning stops a run on SIGTERM only at the end of a training step (after the optimizer
+    step, the EMA update and the loops' bookkeeping), so the state saved here is a whole step;
+    without it up to ``--checkpoint-every-steps`` steps were lost. The file is written under a
+    temporary name and renamed over the previous ``last.ckpt``, so a second signal during the
+    save leaves the old checkpoint whole. Not saved: a SIGTERM during validation (the loops'
+    state is then half-way through it) and Ctrl-C, which can land anywhere inside a step
+    (resuming from a half-made step could repeat or skip a batch); the periodic checkpoint
+    stays the place to resume from.
+    """
+
+    def __init__(self, last_checkpoint: Path) -> None:
+        self.last_checkpoint = last_checkpoint
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.sanity_checking:
+            return
+        if trainer.validating:  # mid-validation state is not one Lightning resumes from
+            return
+        if trainer.global_step == 0:  # nothing trained yet: nothing worth resuming
+            return
+        partial = self.last_checkpoint.with_name(f".{self.last_checkpoint.name}.sigterm.partial")
+        trainer.save_checkpoint(partial)  # every rank calls it (it holds a barrier)
+        if trainer.is_global_zero:
+            partial.replace(self.last_checkpoint)
 
 
 def run_interrupted(run_dir: Path, last_checkpoint: Path, signum: int) -> Interrupted:
