@@ -245,8 +245,19 @@ def _set_label(value: str | None) -> Callable[[list[str]], list[str]]:
 
 REPORT = ("st.ingest_report.md",)  # a failed ingest lists its problems there
 
+def pixels_changed_after_ingest(tmp: Path) -> list[str]:
+    """One byte of the third patch changed inside pixels.u8 (same length): every command read
+    the damaged pixels without a word; inspect now checks them against their SHA-1 ids."""
+    store = _store(tmp, _rng())
+    data = bytearray((store / "pixels.u8").read_bytes())
+    data[2 * 96 * 96 * 3 + 100] ^= 0xFF
+    (store / "pixels.u8").write_bytes(bytes(data))
+    return ["inspect", "st"]
+
+
 CASES = [
     Case("overwrite_parent_of_input", overwrite_parent_of_input, ("--out project", "project/data")),
+    Case("pixels_changed_after_ingest", pixels_changed_after_ingest, ("st/pixels.u8", "the pixels of 1 patch no longer match their ids", "row 2", "ingest the source again")),
     Case("overwrite_the_input", overwrite_the_input, ("--out k", "holds the input")),
     Case("overwrite_foreign_folder", overwrite_a_folder_of_other_files, ("results", "--overwrite")),
     Case("overwrite_store_with_extras", overwrite_a_store_holding_other_files, ("notes.txt",)),

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from histodetect.atomic import atomic_dir
-from histodetect.data.patch import CENTRE_SIZE_PX, CENTRE_START_PX
+from histodetect.data.patch import CENTRE_SIZE_PX, CENTRE_START_PX, patch_id
 from histodetect.data.quality import LABEL_CONFLICT, cross_split_groups
-from histodetect.data.store import INSPECT_FILES, PatchStore, foreign_entries
+from histodetect.data.store import INSPECT_FILES, PIXELS_FILE, PatchStore, foreign_entries
 from histodetect.errors import HistodetectError
 from histodetect.wording import plural
 
@@ -182,8 +182,33 @@ def class_balance_plot(store: PatchStore, out: Path) -> None:
     plt.close(fig)
 
 
+def check_pixels(store: PatchStore) -> None:
+    """Recompute every patch's SHA-1 id from its pixels and compare it with the manifest.
+
+    The fingerprint check every command runs covers manifest.csv, not the pixels (hashing them
+    all on every open would cost seconds per command); this one covers the pixels, so bytes
+    changed inside pixels.u8 (a disk error, an edit, a copy cut short and padded) are found.
+
+    Raises:
+        HistodetectError: naming the file, how many patches differ and the first of them.
+    """
+    ids = store.manifest.ids
+    changed: list[int] = []
+    for start in range(0, len(store), CHUNK_PATCHES):
+        block = store.pixels[start : start + CHUNK_PATCHES]
+        changed += [start + i for i, p in enumerate(block) if patch_id(p) != ids[start + i]]
+    if changed:
+        first = changed[0]
+        raise HistodetectError(
+            f"{store.root / PIXELS_FILE}: the pixels of {plural(len(changed), 'patch', 'patches')} "
+            f"no longer match their ids (first: row {first}, id {ids[first]}): the file was "
+            "changed after ingest; ingest the source again."
+        )
+
+
 def write_inspection(store: PatchStore, out_dir: Path, seed: int = 0) -> Path:
-    """Write inspect.md, samples.png and class_balance.png into `out_dir`; return the .md path.
+    """Check the pixels against their ids (`check_pixels`), then write inspect.md, samples.png
+    and class_balance.png into `out_dir`; return the .md path.
 
     All three appear at once (written in a temporary folder, then renamed). `out_dir` may be
     new, empty, or an earlier report, which is replaced; a folder holding anything else is refused.
@@ -196,6 +221,7 @@ def write_inspection(store: PatchStore, out_dir: Path, seed: int = 0) -> Path:
             f"report folder {out_dir} already holds {', '.join(foreign[:3])}, which inspect did "
             "not write; choose a new or empty --out (nothing was changed)."
         )
+    check_pixels(store)
     with atomic_dir(out_dir, replace=True) as tmp:
         sample_grid(store, tmp / "samples.png", seed=seed)
         class_balance_plot(store, tmp / "class_balance.png")
