@@ -245,6 +245,7 @@ def _set_label(value: str | None) -> Callable[[list[str]], list[str]]:
 
 REPORT = ("st.ingest_report.md",)  # a failed ingest lists its problems there
 
+
 def pixels_changed_after_ingest(tmp: Path) -> list[str]:
     """One byte of the third patch changed inside pixels.u8 (same length): every command read
     the damaged pixels without a word; inspect now checks them against their SHA-1 ids."""
