@@ -3,7 +3,8 @@
 Every function takes and returns a tensor on the same device, draws its randomness from an
 optional ``torch.Generator`` (which must live on that device) in a fixed order, so a seeded
 generator reproduces the output exactly, and never synchronises with the host (no ``.item()``,
-no boolean-mask indexing). Works on CPU and CUDA.
+no boolean-mask indexing), except `mixup`, whose Beta quantiles are computed on the CPU (one
+small copy per batch). Works on CPU and CUDA.
 """
 
 from __future__ import annotations
@@ -294,8 +295,9 @@ def mixup(
     if alpha <= 0:
         raise HistodetectError(f"mixup alpha must be above 0, got {alpha}.")
     n = x.shape[0]
-    unit = torch.rand((n,), generator=generator, device=x.device, dtype=torch.float64)
-    weight = torch.from_numpy(betaincinv(alpha, alpha, unit.cpu().numpy()))
+    # float32 on the device (Apple's MPS has no float64), the quantile in float64 on the CPU
+    unit = torch.rand((n,), generator=generator, device=x.device, dtype=torch.float32)
+    weight = torch.from_numpy(betaincinv(alpha, alpha, unit.to("cpu", torch.float64).numpy()))
     weight = torch.maximum(weight, 1.0 - weight).to(device=x.device, dtype=x.dtype)
     partner = torch.randperm(n, generator=generator, device=x.device)
     w = weight.view(n, 1, 1, 1)
@@ -350,10 +352,10 @@ class AugmentConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise HistodetectError(f"AugmentConfig.{name} must be a number.")
-            if not 0.0 <= value <= high:
-                raise HistodetectError(f"AugmentConfig.{name} must lie in [0, {high}].")
-        if self.mixup_alpha <= 0:
-            raise HistodetectError("AugmentConfig.mixup_alpha must be above 0.")
+            open_at_0 = name == "mixup_alpha"  # Beta(0, 0) is no distribution
+            if not (value > 0.0 if open_at_0 else value >= 0.0) or value > high:
+                low = "(0" if open_at_0 else "[0"
+                raise HistodetectError(f"AugmentConfig.{name} must lie in {low}, {high}].")
 
     @classmethod
     def none(cls) -> AugmentConfig:

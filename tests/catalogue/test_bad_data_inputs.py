@@ -258,7 +258,7 @@ def pixels_changed_after_ingest(tmp: Path) -> list[str]:
 
 CASES = [
     Case("overwrite_parent_of_input", overwrite_parent_of_input, ("--out project", "project/data")),
-    Case("pixels_changed_after_ingest", pixels_changed_after_ingest, ("st/pixels.u8", "the pixels of 1 patch no longer match their ids", "row 2", "ingest the source again")),
+    Case("pixels_changed_after_ingest", pixels_changed_after_ingest, ("st/pixels.u8", "the pixels of 1 patch no longer match the ids ingest gave them", "row 2 counting from 0", "ingest the source again")),
     Case("overwrite_the_input", overwrite_the_input, ("--out k", "holds the input")),
     Case("overwrite_foreign_folder", overwrite_a_folder_of_other_files, ("results", "--overwrite")),
     Case("overwrite_store_with_extras", overwrite_a_store_holding_other_files, ("notes.txt",)),

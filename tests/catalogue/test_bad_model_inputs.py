@@ -110,7 +110,7 @@ CASES = [
     Case("augment strength of an augmentation left off", lambda t, s, r: _train(t, s, "--augment", "d4,blur_sigma=1.0"), ("--augment", "blur_sigma has no effect without blur", "add blur")),
     Case("augment strength out of range", lambda t, s, r: _train(t, s, "--augment", "d4,blur,blur_sigma=9"), ("--augment", "blur_sigma must lie in [0, 5.0]")),
     Case("mixup strength without mixup", lambda t, s, r: _train(t, s, "--augment", "d4,mixup_alpha=0.2"), ("--augment", "mixup_alpha has no effect without mixup", "add mixup")),
-    Case("mixup alpha of zero", lambda t, s, r: _train(t, s, "--augment", "d4,mixup,mixup_alpha=0"), ("--augment", "mixup_alpha must be above 0")),
+    Case("mixup alpha of zero", lambda t, s, r: _train(t, s, "--augment", "d4,mixup,mixup_alpha=0"), ("--augment", "mixup_alpha must lie in (0, 10.0]")),
     Case("gpu without gpu", lambda t, s, r: _train(t, s, "--accelerator", "gpu"), ("--accelerator gpu",)),
     Case("one-class training data", lambda t, s, r: _train(t, _one_class_store(t, s)), ("0 normal", "both classes")),
     Case("resume a finished run", lambda t, s, r: ["train", "--resume", str(r)], ("already finished",)),

@@ -166,9 +166,17 @@ def test_sigterm_saves_the_step_it_stopped_at_and_the_run_resumes_from_it(
     assert saved["global_step"] == stop_at, "the checkpoint holds the step the run stopped at"
     assert not list(last.parent.glob("*.partial")), "no temporary file is left"
 
-    monkeypatch.undo()
+    trained: list[int] = []
+
+    class CountSteps(L.Callback):
+        def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+            trained.append(trainer.global_step)
+
+    monkeypatch.setattr(fit_module, "_callbacks", lambda *a: [*real_callbacks(*a), CountSteps()])
     result = fit_module.fit(config, resume=True, progress=False)
     steps_per_epoch = json.loads((out / "run_info.json").read_text())["n_train"] // 8
     assert result.epochs_run == 2
     summary = json.loads((out / "summary.json").read_text())
-    assert abs(summary["global_step"] - 2 * steps_per_epoch) <= 1
+    # It went on from step 5 to the end: no step repeated, none skipped.
+    assert summary["global_step"] == 2 * steps_per_epoch
+    assert trained == list(range(stop_at + 1, 2 * steps_per_epoch + 1))

@@ -56,6 +56,15 @@ def test_choose_split_prefers_official(tmp_path: Path, rng: np.random.Generator)
     assert split.valid.tolist() == list(range(8, 12))
 
 
+def test_choose_split_reads_old_split_spellings(tmp_path: Path, rng: np.random.Generator) -> None:
+    # A store written before ingest made split names canonical may hold `Train`/`Val`/`TEST`:
+    # its validation and test patches must not be pooled into training.
+    store = _store(tmp_path, rng, ["Train"] * 8 + ["Val"] * 4 + ["TEST"] * 2, [""] * 14)
+    split = choose_split(store)
+    assert split.method == "official"
+    assert split.train.tolist() == list(range(8)) and split.valid.tolist() == list(range(8, 12))
+
+
 def test_choose_split_groups_by_slide(tmp_path: Path, rng: np.random.Generator) -> None:
     slides = [f"s{i % 6}" for i in range(30)]
     store = _store(tmp_path, rng, ["train"] * 30, slides)

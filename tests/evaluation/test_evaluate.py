@@ -63,6 +63,13 @@ def test_fitting_on_the_reported_split_is_refused(
         evaluate(model_file, store, tmp_path / "r", EvaluateOptions(split="holdout"))
 
 
+def test_split_option_takes_common_spellings(store: Path, model_file: Path, tmp_path: Path) -> None:
+    # `--split val` (or Valid, validation, TEST) names the store's `valid` / `test` split.
+    for given, stored in (("val", "valid"), ("TEST", "test")):
+        m = evaluate(model_file, store, tmp_path / given, EvaluateOptions(split=given, n_boot=20))
+        assert m["split"] == stored and m["n"] == 60
+
+
 def test_run_split_is_rederived_and_cli_prints(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -156,7 +156,7 @@ def test_cli_end_to_end_with_a_process_pool(
     assert main([*argv, "--with-path", "--workers", "2", "--no-progress"]) == 0
     captured = capsys.readouterr()
     assert "6 predicted, 5 failed." in captured.out and str(out) in captured.out
-    assert "note: 2 images were converted to RGB before prediction" in captured.err
+    assert "note: 2 images were converted before prediction" in captured.err
     assert "gray.png: grayscale image converted to RGB" in captured.err
     assert str(model_path) in captured.out and "threshold 0.500" in captured.out
     written = _read_csv(out)

@@ -184,6 +184,15 @@ def test_mixup_trains_on_soft_labels_and_scores_the_images_own(
         return out
 
     monkeypatch.setattr(module, "mixup", recording_mixup)
+    scored: list[torch.Tensor] = []  # what training AUC is updated with
+    real_update = module.BinaryAUROC.update
+
+    def recording_update(self, preds, target):  # type: ignore[no-untyped-def]
+        if self.training:
+            scored.append(target.detach().clone())
+        return real_update(self, preds, target)
+
+    monkeypatch.setattr(module.BinaryAUROC, "update", recording_update)
     config = resolve_config(
         str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32,
         augment=AugmentConfig(mixup=True, mixup_alpha=1.0), **TINY,
@@ -193,6 +202,8 @@ def test_mixup_trains_on_soft_labels_and_scores_the_images_own(
     labels, soft = calls[0]
     assert set(labels.unique().tolist()) <= {0.0, 1.0}
     assert ((soft > 0) & (soft < 1)).any(), "the loss saw mixed, soft labels"
+    # Training AUC is scored against each image's own label, not the mixed one.
+    assert scored and torch.equal(scored[0].float(), labels)
     rows = list(csv.DictReader((tmp_path / "run/logs/metrics.csv").open()))
     assert any(r.get("train_auc") for r in rows), "training AUC is still scored"
     assert TrainConfig.load(tmp_path / "run").augment.mixup

@@ -94,7 +94,7 @@ def _report(rows: list[PredictionRow], out: Path, added_path: bool) -> int:
         first = converted[0]
         print(
             f"note: {len(converted)} image{'s were' if len(converted) > 1 else ' was'} "
-            f"converted to RGB before prediction (e.g. {first.path}: {first.note}); check "
+            f"converted before prediction (e.g. {first.path}: {first.note}); check "
             "that they are the H&E patches you meant.",
             file=sys.stderr,
         )

@@ -90,7 +90,7 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _augment(text: str | None) -> Any:
-    """--augment: names to switch on (d4, hed, colour, blur, or none) and NAME=VALUE strengths, e.g.
+    """--augment: names to switch on (d4, hed, colour, blur, mixup, or none) and NAME=VALUE strengths, e.g.
     ``d4,hed,colour,hed_sigma=0.05,brightness=0.1``; unnamed strengths keep their defaults."""
     from histodetect.augment import AugmentConfig
     from histodetect.errors import HistodetectError

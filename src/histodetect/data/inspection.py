@@ -201,8 +201,8 @@ def check_pixels(store: PatchStore) -> None:
         first = changed[0]
         raise HistodetectError(
             f"{store.root / PIXELS_FILE}: the pixels of {plural(len(changed), 'patch', 'patches')} "
-            f"no longer match their ids (first: row {first}, id {ids[first]}): the file was "
-            "changed after ingest; ingest the source again."
+            f"no longer match the ids ingest gave them (first: row {first} counting from 0, id "
+            f"{ids[first]}): the file was changed after ingest; ingest the source again."
         )
 
 

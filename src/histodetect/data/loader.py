@@ -88,7 +88,7 @@ class PatchBatches:
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose permutation the next iteration follows."""
         if epoch != self.epoch:
-            self.epoch, self._resume_at = epoch, 0
+            self.epoch, self._resume_at, self._yielded = epoch, 0, 0
 
     def state_dict(self) -> dict[str, int]:
         """Position in the data: epoch and batches already handed out in it."""
@@ -97,6 +97,7 @@ class PatchBatches:
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue from a saved position (the next iteration skips batches already seen)."""
         self.epoch, self._resume_at = int(state["epoch"]), int(state["batches"])
+        self._yielded = self._resume_at  # so a state saved before the next batch is the same
 
     def _order(self) -> torch.Tensor:
         n = len(self.labels)

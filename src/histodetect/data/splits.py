@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from histodetect.data.store import PatchStore
+from histodetect.data.store import PatchStore, canonical_split
 from histodetect.errors import HistodetectError
 from histodetect.wording import plural
 
@@ -77,13 +77,16 @@ def choose_split(store: PatchStore, valid_fraction: float = 0.1, seed: int = 0) 
     """
     m = store.manifest
     labelled = m.labels >= 0
-    if (m.splits[labelled] == "valid").any():
-        train = np.flatnonzero(labelled & (m.splits == "train"))
+    # Stores ingested before split names were made canonical may hold `Val` or `Train`.
+    names, which = np.unique(m.splits, return_inverse=True)
+    splits = np.array([canonical_split(str(n)) for n in names], dtype=object)[which]
+    if (splits[labelled] == "valid").any():
+        train = np.flatnonzero(labelled & (splits == "train"))
         if len(train) == 0:
-            train = np.flatnonzero(labelled & (m.splits != "valid") & (m.splits != "test"))
-        split = Split(train, np.flatnonzero(labelled & (m.splits == "valid")), "official", True)
+            train = np.flatnonzero(labelled & (splits != "valid") & (splits != "test"))
+        split = Split(train, np.flatnonzero(labelled & (splits == "valid")), "official", True)
     else:
-        pool = np.flatnonzero(labelled & (m.splits != "test"))
+        pool = np.flatnonzero(labelled & (splits != "test"))
         if len(pool) < 4:
             raise HistodetectError(
                 f"{store.root} has only {plural(len(pool), 'labelled patch')} to split."

@@ -11,7 +11,13 @@ import numpy as np
 
 from histodetect.atomic import atomic_dir
 from histodetect.data.splits import choose_split
-from histodetect.data.store import UNNAMED_SPLIT, PatchStore, open_store, split_display
+from histodetect.data.store import (
+    UNNAMED_SPLIT,
+    PatchStore,
+    canonical_split,
+    open_store,
+    split_display,
+)
 from histodetect.errors import HistodetectError
 from histodetect.evaluation.calibration import (
     choose_threshold,
@@ -54,6 +60,8 @@ def resolve_split(store: PatchStore, name: str, loaded: LoadedModel) -> EvalSpli
     train/valid split re-derived. A store without named splits is evaluated as a whole."""
     trained_here = loaded.metadata.get("store_fingerprint") == store.fingerprint
     only_unnamed = store.split_names == [UNNAMED_SPLIT]
+    if name not in store.split_names and canonical_split(name) in store.split_names:
+        name = canonical_split(name)  # --split val, Valid or validation: the store's `valid`
     if name == ALL_SPLITS or (only_unnamed and name == "valid" and not trained_here):
         role = "every labelled patch of the store"
         if trained_here:

@@ -45,7 +45,9 @@ class CheckpointAtSigterm(L.Callback):
     without it up to ``--checkpoint-every-steps`` steps were lost. The file is written under a
     temporary name and renamed over the previous ``last.ckpt``, so a second signal during the
     save leaves the old checkpoint whole. Not saved: a SIGTERM during validation (the loops'
-    state is then half-way through it) and Ctrl-C, which can land anywhere inside a step
+    state is then half-way through it; a SIGTERM in an epoch's last step stops the run in
+    the validation that follows), in a run of several processes (DDP), and Ctrl-C, which can
+    land anywhere inside a step
     (resuming from a half-made step could repeat or skip a batch); the periodic checkpoint
     stays the place to resume from.
     """
@@ -60,12 +62,16 @@ class CheckpointAtSigterm(L.Callback):
             return
         if trainer.validating:  # mid-validation state is not one Lightning resumes from
             return
+        if trainer.world_size > 1:
+            # Ranks may stop one step apart (rank 0 at the end of a step, the others at the
+            # next step's broadcast), so a collective save could hang; DDP runs keep the
+            # periodic checkpoint.
+            return
         if trainer.global_step == 0:  # nothing trained yet: nothing worth resuming
             return
         partial = self.last_checkpoint.with_name(f".{self.last_checkpoint.name}.sigterm.partial")
-        trainer.save_checkpoint(partial)  # every rank calls it (it holds a barrier)
-        if trainer.is_global_zero:
-            partial.replace(self.last_checkpoint)
+        trainer.save_checkpoint(partial)
+        partial.replace(self.last_checkpoint)
 
 
 def run_interrupted(run_dir: Path, last_checkpoint: Path, signum: int) -> Interrupted:
