@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from histodetect.atomic import atomic_dir
-from histodetect.data.patch import CENTRE_SIZE_PX, CENTRE_START_PX, patch_id
+from histodetect.data.patch import CENTRE_SIZE_PX, CENTRE_START_PX, patch_ids
 from histodetect.data.quality import LABEL_CONFLICT, cross_split_groups
 from histodetect.data.store import INSPECT_FILES, PIXELS_FILE, PatchStore, foreign_entries
 from histodetect.errors import HistodetectError
@@ -195,8 +195,8 @@ def check_pixels(store: PatchStore) -> None:
     ids = store.manifest.ids
     changed: list[int] = []
     for start in range(0, len(store), CHUNK_PATCHES):
-        block = store.pixels[start : start + CHUNK_PATCHES]
-        changed += [start + i for i, p in enumerate(block) if patch_id(p) != ids[start + i]]
+        now = patch_ids(store.pixels[start : start + CHUNK_PATCHES])
+        changed += [start + i for i, pid in enumerate(now) if pid != ids[start + i]]
     if changed:
         first = changed[0]
         raise HistodetectError(

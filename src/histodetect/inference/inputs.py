@@ -248,11 +248,10 @@ def _fitted_batch(
     notes: list[str | None] = []
     n_ok = 0
     for one in decoded:
-        image, error = one.pixels, None
-        if one.problem is not None and one.problem.kind != CONVERTED:
-            error = one.problem.reason
-        problem = one.problem
-        notes.append(problem.reason if problem is not None and problem.kind == CONVERTED else None)
+        image, reason = one.pixels, one.problem.reason if one.problem else None
+        converted = one.problem is not None and one.problem.kind == CONVERTED
+        error, note = (None, reason) if converted else (reason, None)
+        notes.append(note)
         if image is not None and error is None:
             image, error = fit_to_size(image, size_px, resize, center_crop)
         if image is not None and error is None:

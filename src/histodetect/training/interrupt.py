@@ -13,6 +13,7 @@ from pathlib import Path
 import lightning as L  # noqa: N812 - Lightning's documented alias
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from histodetect.atomic import temp_sibling
 from histodetect.errors import Interrupted
 
 
@@ -47,9 +48,8 @@ class CheckpointAtSigterm(L.Callback):
     save leaves the old checkpoint whole. Not saved: a SIGTERM during validation (the loops'
     state is then half-way through it; a SIGTERM in an epoch's last step stops the run in
     the validation that follows), in a run of several processes (DDP), and Ctrl-C, which can
-    land anywhere inside a step
-    (resuming from a half-made step could repeat or skip a batch); the periodic checkpoint
-    stays the place to resume from.
+    land anywhere inside a step (resuming from a half-made step could repeat or skip a batch);
+    the periodic checkpoint stays the place to resume from.
     """
 
     def __init__(self, last_checkpoint: Path) -> None:
@@ -69,7 +69,7 @@ class CheckpointAtSigterm(L.Callback):
             return
         if trainer.global_step == 0:  # nothing trained yet: nothing worth resuming
             return
-        partial = self.last_checkpoint.with_name(f".{self.last_checkpoint.name}.sigterm.partial")
+        partial = temp_sibling(self.last_checkpoint)
         trainer.save_checkpoint(partial)
         partial.replace(self.last_checkpoint)
 

@@ -95,13 +95,18 @@ class PatchClassifier(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.model)
 
-    def _inputs(self, pixels: torch.Tensor, train: bool) -> torch.Tensor:
-        if train:
-            x = apply_augment(pixels_to_float(pixels), self.augment, self._generator)
-            x = normalise(x, self.spec)
-        else:
-            x = prepare_batch(pixels, self.spec)
-        return self._layout(x)
+    def _inputs(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Validation inputs: the preprocessing every consumer of the model uses."""
+        return self._layout(prepare_batch(pixels, self.spec))
+
+    def _training_inputs(
+        self, pixels: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Augmented inputs and the labels the loss learns (mixed ones under mixup)."""
+        x = apply_augment(pixels_to_float(pixels), self.augment, self._generator)
+        if self.augment.mixup:
+            x, labels = mixup(x, labels, self.augment.mixup_alpha, self._generator)
+        return self._layout(normalise(x, self.spec)), labels
 
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -110,13 +115,7 @@ class PatchClassifier(L.LightningModule):
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
         pixels, labels = batch
-        targets = labels
-        if self.augment.mixup:
-            x = apply_augment(pixels_to_float(pixels), self.augment, self._generator)
-            x, targets = mixup(x, labels, self.augment.mixup_alpha, self._generator)
-            x = self._layout(normalise(x, self.spec))
-        else:
-            x = self._inputs(pixels, train=True)
+        x, targets = self._training_inputs(pixels, labels)
         logits = self(x).float()
         # With mixup the loss learns the mixed labels; accuracy and AUC are scored against each
         # image's own label, which holds the majority of its pixels.
@@ -137,7 +136,7 @@ class PatchClassifier(L.LightningModule):
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         pixels, labels = batch
-        x = self._inputs(pixels, train=False)
+        x = self._inputs(pixels)
         logits = self(x).float()
         if self.ema is not None:
             self.val_auc_raw.update(torch.sigmoid(logits), labels.int())
