@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -168,7 +169,7 @@ def test_compile_trains_through_the_compiled_module(
 
 
 def test_mixup_trains_on_soft_labels_and_scores_the_images_own(
-    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training_auc_targets: list
 ) -> None:
     import torch
 
@@ -184,15 +185,6 @@ def test_mixup_trains_on_soft_labels_and_scores_the_images_own(
         return out
 
     monkeypatch.setattr(module, "mixup", recording_mixup)
-    scored: list[torch.Tensor] = []  # what training AUC is updated with
-    real_update = module.BinaryAUROC.update
-
-    def recording_update(self, preds, target):  # type: ignore[no-untyped-def]
-        if self.training:
-            scored.append(target.detach().clone())
-        return real_update(self, preds, target)
-
-    monkeypatch.setattr(module.BinaryAUROC, "update", recording_update)
     config = resolve_config(
         str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32,
         augment=AugmentConfig(mixup=True, mixup_alpha=1.0), **TINY,
@@ -203,7 +195,52 @@ def test_mixup_trains_on_soft_labels_and_scores_the_images_own(
     assert set(labels.unique().tolist()) <= {0.0, 1.0}
     assert ((soft > 0) & (soft < 1)).any(), "the loss saw mixed, soft labels"
     # Training AUC is scored against each image's own label, not the mixed one.
+    scored = training_auc_targets
     assert scored and torch.equal(scored[0].float(), labels)
     rows = list(csv.DictReader((tmp_path / "run/logs/metrics.csv").open()))
     assert any(r.get("train_auc") for r in rows), "training AUC is still scored"
     assert TrainConfig.load(tmp_path / "run").augment.mixup
+
+
+def test_a_resumed_run_ends_exactly_where_the_uninterrupted_run_ends(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed mid-epoch and resumed from its periodic checkpoint, a run trains the same batches
+    with the same augmentation and dropout draws and the same weight average as a run that was
+    never stopped. Found broken three ways: the resumed epoch began again from its first
+    batch (Lightning restores the loader position only into a loader built after the restore,
+    and the one-cycle schedule's length builds it before), the random streams were seeded
+    afresh, and checkpoints held an EMA one update behind the weights."""
+    import torch
+
+    from histodetect.models import tiny_model_kwargs as tiny
+    from histodetect.training import module
+
+    settings: dict[str, Any] = {
+        "epochs": 2, "batch_size": 32, "model": "histocnn", "model_kwargs": tiny("histocnn"),
+        "checkpoint_every_steps": 3, "early_stop_patience": 0, "precision": "32-true",
+    }  # fmt: skip
+    fit(resolve_config(str(store_path), str(tmp_path / "whole"), **settings), progress=False)
+    real = module.PatchClassifier.training_step
+
+    def killed_at_step_5(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if self.global_step == 5:
+            raise RuntimeError("killed")
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(module.PatchClassifier, "training_step", killed_at_step_5)
+    config = resolve_config(str(store_path), str(tmp_path / "resumed"), **settings)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(config, progress=False)
+    saved = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=False)
+    assert saved["global_step"] == 3, "the periodic checkpoint before the kill"
+    monkeypatch.setattr(module.PatchClassifier, "training_step", real)
+    fit(config, resume=True, progress=False)
+    whole, resumed = (
+        torch.load(tmp_path / name / "checkpoints/last.ckpt", weights_only=False)
+        for name in ("whole", "resumed")
+    )
+    assert whole["global_step"] == resumed["global_step"] == 2 * (280 // 32)
+    assert whole["state_dict"].keys() == resumed["state_dict"].keys()
+    for key, value in whole["state_dict"].items():  # the weights and their average (ema.*)
+        assert torch.equal(value, resumed["state_dict"][key]), key

@@ -57,3 +57,23 @@ def test_state_dict_resumes_mid_epoch() -> None:
     fresh.load_state_dict(state)
     assert _seen(fresh) == full[16:]
     assert _seen(fresh) == full, "the next epoch iteration starts from the beginning again"
+
+
+def test_soft_targets_travel_with_their_patches() -> None:
+    n = 50
+    pixels = (
+        torch.arange(n, dtype=torch.uint8).reshape(n, 1, 1, 1).expand(n, 96, 96, 3).contiguous()
+    )
+    labels = (torch.arange(n) % 2).float()
+    targets = torch.arange(n, dtype=torch.float32) / 100
+    b = PatchBatches(pixels, labels, 8, shuffle=True, drop_last=True, seed=3, targets=targets)
+    seen = 0
+    for batch in b:
+        assert len(batch) == 3
+        index = batch[0][:, 0, 0, 0].long()
+        assert torch.equal(batch[1], (index % 2).float())
+        assert torch.allclose(batch[2], index.float() / 100), "each target stays with its patch"
+        seen += len(index)
+    assert seen == 48
+    plain = PatchBatches(pixels, labels, 8, shuffle=False, drop_last=False)
+    assert all(len(batch) == 2 for batch in plain), "no targets: (pixels, labels) as before"

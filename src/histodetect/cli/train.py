@@ -61,6 +61,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ema-decay", type=float, help="EMA of the weights per step (default 0.99; 0 = off)"
     )
+    parser.add_argument(
+        "--teacher",
+        type=Path,
+        help="distil: also learn this model's probabilities on the training patches (a run "
+        "folder, model.pt, an ensemble from `histodetect ensemble`, or model.onnx)",
+    )
+    parser.add_argument(
+        "--distill-weight",
+        type=float,
+        help="share of the teacher's probability in the target (default 0.7; needs --teacher)",
+    )
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
     parser.add_argument("--devices", help="number of devices per node, or auto")
     parser.add_argument("--num-nodes", type=int)
@@ -151,8 +162,19 @@ def run(args: argparse.Namespace) -> int:
         overrides = {k: getattr(args, k) for k in (
             "model", "model_kwargs", "crop_px", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
             "schedule", "early_stop_patience", "valid_fraction", "max_steps_per_epoch", "accelerator",
-            "checkpoint_every_steps", "mpp", "ema_decay",
+            "checkpoint_every_steps", "mpp", "ema_decay", "distill_weight",
             "devices", "num_nodes", "strategy", "precision", "compile")}  # fmt: skip
+        if args.distill_weight is not None and args.teacher is None:
+            raise HistodetectError(
+                "--distill-weight has no effect without --teacher MODEL; add the teacher or "
+                "leave it out."
+            )
+        if args.teacher is not None:
+            if not args.teacher.exists():
+                raise HistodetectError(
+                    f"--teacher {args.teacher} does not exist; give a run folder or model file."
+                )
+            overrides["teacher"] = str(args.teacher.resolve())
         overrides["augment"] = _augment(args.augment)
         overrides["seed"] = args.seed
         config = resolve_config(str(args.data), str(args.out), args.preset, **overrides)

@@ -62,6 +62,8 @@ class PatchBatches:
         drop_last: drop a final short batch (training, keeps BatchNorm statistics sane).
         seed: base seed; epoch e uses seed + e.
         device: where batches are delivered.
+        targets: float32 (n,) soft targets (a teacher's, see `histodetect.training.distill`),
+            same device as pixels; when given, batches are (pixels, labels, targets).
     """
 
     def __init__(
@@ -74,8 +76,9 @@ class PatchBatches:
         drop_last: bool,
         seed: int = 0,
         device: torch.device | str = "cpu",
+        targets: torch.Tensor | None = None,
     ) -> None:
-        self.pixels, self.labels = pixels, labels
+        self.pixels, self.labels, self.targets = pixels, labels, targets
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
         self.seed = seed
         self.device = torch.device(device)
@@ -109,7 +112,7 @@ class PatchBatches:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         order = self._order()
         start, self._resume_at = self._resume_at, 0
         for b in range(start, len(self)):
@@ -117,15 +120,12 @@ class PatchBatches:
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
             yield self._gather(idx)
 
-    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        sources = [self.pixels, self.labels] + ([self.targets] if self.targets is not None else [])
         if self.pixels.device == self.device:
             idx = idx.to(self.device)
-            return self.pixels.index_select(0, idx), self.labels.index_select(0, idx)
-        pixels = self.pixels.index_select(0, idx)
-        labels = self.labels.index_select(0, idx)
+            return tuple(t.index_select(0, idx) for t in sources)
+        parts = [t.index_select(0, idx) for t in sources]
         if self.device.type == "cuda":
-            pixels, labels = pixels.pin_memory(), labels.pin_memory()
-        return (
-            pixels.to(self.device, non_blocking=True),
-            labels.to(self.device, non_blocking=True),
-        )
+            parts = [t.pin_memory() for t in parts]
+        return tuple(t.to(self.device, non_blocking=True) for t in parts)

@@ -50,6 +50,10 @@ class TrainConfig:
         accelerator, devices, num_nodes, strategy: passed to Lightning (DDP for devices > 1).
         compile: wrap the model in torch.compile.
         data_on_device: "auto" keeps patches on the GPU when they fit, "host" never does.
+        teacher: a model file whose probabilities on the training patches the loss also
+            learns (knowledge distillation, see `histodetect.training.distill`); None = off.
+        distill_weight: share of the teacher's probability in the target,
+            ``(1 - w) * label + w * teacher``; used only with a teacher.
     """
 
     data: str
@@ -81,6 +85,8 @@ class TrainConfig:
     strategy: str = "auto"
     compile: bool = False
     data_on_device: str = "auto"
+    teacher: str | None = None
+    distill_weight: float = 0.7
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -103,6 +109,7 @@ class TrainConfig:
         _number("--weight-decay", self.weight_decay, 0.0, 1.0)
         _number("warmup fraction", self.warmup_fraction, 0.0, 1.0, high_open=True)
         _number("--valid-fraction", self.valid_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        _number("--distill-weight", self.distill_weight, 0.0, 1.0, low_open=True)
         if self.crop_px is not None:
             _whole("--crop", self.crop_px, 16, 96)
         if not isinstance(self.model_kwargs, dict):

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L  # noqa: N812 - Lightning's documented alias
+import numpy as np
 import torch
 
 from histodetect.data.loader import PatchBatches, fits_on_gpu, load_split, shard_indices
@@ -25,6 +28,11 @@ class PatchDataModule(L.LightningDataModule):
         self.split: Split = choose_split(store, config.valid_fraction, config.seed)
         self._train: tuple[torch.Tensor, torch.Tensor] | None = None
         self._valid: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._targets: torch.Tensor | None = None
+        self._train_batches: PatchBatches | None = None
+        self._position: dict[str, int] | None = None  # from a checkpoint, until a loader takes it
+        self.soft_targets: np.ndarray | None = None
+        """A teacher's probability per store row (float32, len(store)); set before fitting."""
 
     def summary(self) -> str:
         """One line: split method and sizes."""
@@ -43,9 +51,8 @@ class PatchDataModule(L.LightningDataModule):
             (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
         )
         seed = self.config.seed
-        train = load_split(
-            self.store, shard_indices(self.split.train, rank, world, seed, equal=True)
-        )
+        train_rows = shard_indices(self.split.train, rank, world, seed, equal=True)
+        train = load_split(self.store, train_rows)
         valid = load_split(
             self.store, shard_indices(self.split.valid, rank, world, seed, equal=False)
         )
@@ -56,6 +63,9 @@ class PatchDataModule(L.LightningDataModule):
         self._train, self._valid = (
             (_to(train, device), _to(valid, device)) if on_device else (train, valid)
         )
+        if self.soft_targets is not None:
+            targets = torch.from_numpy(self.soft_targets[train_rows])
+            self._targets = targets.to(device) if on_device else targets
 
     def _device(self) -> torch.device:
         return (
@@ -63,6 +73,7 @@ class PatchDataModule(L.LightningDataModule):
         )
 
     def _batches(self, data: tuple[torch.Tensor, torch.Tensor], train: bool) -> PatchBatches:
+        """Training batches carry the teacher's targets as a third tensor when there is one."""
         pixels, labels = data
         return PatchBatches(
             pixels,
@@ -72,11 +83,36 @@ class PatchDataModule(L.LightningDataModule):
             drop_last=train,
             seed=self.config.seed,
             device=self._device(),
+            targets=self._targets if train else None,
         )
 
     def train_dataloader(self) -> PatchBatches:
         assert self._train is not None
-        return self._batches(self._train, train=True)
+        self._train_batches = self._batches(self._train, train=True)
+        if self._position is not None:
+            self._train_batches.load_state_dict(self._position)
+            self._position = None
+        return self._train_batches
+
+    def state_dict(self) -> dict[str, Any]:
+        """The training loader's position, saved in every checkpoint.
+
+        Lightning saves it too, but restores it only into a loader it builds after the restore;
+        `estimated_stepping_batches` (the one-cycle schedule's length) builds it before, so a
+        resumed run started its epoch again from the first batch: it repeated batches it had
+        trained on and skipped the rest of the epoch. The data module carries the position."""
+        if self._train_batches is None:
+            return {}
+        return {"train_position": self._train_batches.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        position = state_dict.get("train_position")
+        if position is None:
+            return
+        if self._train_batches is not None:  # built before the restore
+            self._train_batches.load_state_dict(position)
+        else:
+            self._position = dict(position)
 
     def val_dataloader(self) -> PatchBatches:
         assert self._valid is not None

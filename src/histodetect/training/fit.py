@@ -26,6 +26,12 @@ from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_mode
 from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.devices import check_runnable_here, lightning_refusal
+from histodetect.training.distill import (
+    TEACHER_FILE,
+    read_teacher_file,
+    teacher_probabilities,
+    write_teacher_file,
+)
 from histodetect.training.interrupt import (
     CheckpointAtSigterm,
     run_interrupted,
@@ -162,7 +168,7 @@ def _is_primary_process() -> bool:
 
 
 RUN_FILES = (CONFIG_FILE, "run_info.json", SUMMARY_FILE, MODEL_FILE, CHECKPOINT_DIR, LOG_DIR,
-             "tensorboard")  # fmt: skip
+             "tensorboard", TEACHER_FILE)  # fmt: skip
 """What a training run folder holds: the only names a replaced, never-started run may lose."""
 
 
@@ -290,14 +296,45 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     spec = _spec_for(config, store, datamodule.split.train)
     module = PatchClassifier(spec.to_dict(), config.to_dict())
     trainer = _trainer(config, run_dir, progress)
+    scored = None  # a new run scores its teacher before its folder exists: a bad one leaves none
+    if config.teacher is not None and not resume and _is_primary_process():
+        scored = teacher_probabilities(
+            config.teacher, store, datamodule.split.train, progress=progress
+        )
     if not resume:
         _prepare_run_dir(config)
+    if config.teacher is not None:  # before anything of a resumed run is moved
+        datamodule.soft_targets = _teacher_targets(config, store, datamodule, scored)
     if resume and _is_primary_process():
         set_aside(run_dir)
     if trainer.global_rank == 0:
         _write_run_info(run_dir, config, store, datamodule, resume)
     _train(trainer, module, datamodule, ckpt_path, run_dir)
     return _finish(trainer, run_dir, store, datamodule, started)
+
+
+def _teacher_targets(
+    config: TrainConfig, store: PatchStore, dm: PatchDataModule, scored: Any
+) -> Any:
+    """The teacher's probability per store row (NaN outside the training split). A new run's
+    first process has `scored` them and saves them as RUN/teacher.csv; a resumed run and the
+    other processes of a multi-process run read them back from that file."""
+    import numpy as np
+
+    rows = dm.split.train
+    ids = store.manifest.ids[rows]
+    if scored is not None:
+        write_teacher_file(Path(config.out), ids, scored)
+        probabilities = scored
+    else:
+        probabilities = read_teacher_file(Path(config.out) / TEACHER_FILE, ids)
+    labels = store.manifest.labels[rows]
+    agree = float(((probabilities >= 0.5) == (labels == 1)).mean())
+    print(f"teacher agrees with {agree:.1%} of the training labels; target = "
+          f"{1 - config.distill_weight:g} x label + {config.distill_weight:g} x teacher")  # fmt: skip
+    soft = np.full(len(store), np.nan, dtype=np.float32)
+    soft[rows] = probabilities
+    return soft
 
 
 def _train(

@@ -31,6 +31,10 @@ def _build(spec: ModelSpec, given: dict[str, Any]) -> nn.Module:
         ) from exc
 
 
+RNG_KEY = "histodetect_rng"
+"""Where a checkpoint keeps the training's random states (see `PatchClassifier._restore_rng`)."""
+
+
 class PatchClassifier(L.LightningModule):
     """Binary tumour classifier: logits from the model, BCE-with-logits loss, accuracy and AUC.
 
@@ -64,6 +68,7 @@ class PatchClassifier(L.LightningModule):
             )
             self.ema.requires_grad_(False)  # updated by averaging, never by the optimizer (DDP)
         self._generator: torch.Generator | None = None
+        self._saved_rng: dict[str, Any] | None = None  # from a checkpoint, until restored
         self.channels_last = False
         # Not a registered submodule: checkpoints keep the plain model's parameter names.
         self.__dict__["_compiled"] = None
@@ -79,6 +84,8 @@ class PatchClassifier(L.LightningModule):
         # Augmentation randomness lives on the training device and differs per process.
         self._generator = torch.Generator(device=self.device)
         self._generator.manual_seed(self.config.seed * 1000 + self.global_rank)
+        if self._saved_rng is not None:  # a resumed run whose checkpoint was restored first
+            self._restore_rng()
         self.channels_last = use_channels_last(self.device.type, self._precision())
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
@@ -91,9 +98,47 @@ class PatchClassifier(L.LightningModule):
         trainer = self._trainer
         return str(trainer.precision) if trainer is not None else "32-true"
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        """The optimizer's step, then the EMA's: here rather than in on_train_batch_end, which
+        Lightning calls after the checkpoint callbacks', so a checkpoint taken at a step would
+        hold an average one update behind its weights (a resumed run then drifted)."""
+        super().optimizer_step(*args, **kwargs)
         if self.ema is not None:
             self.ema.update_parameters(self.model)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep where the random streams stand (augmentation, dropout), so a resumed run draws
+        what the uninterrupted run would have drawn."""
+        if self._generator is None:
+            return
+        state = {"device": self.device.type, "world_size": self.trainer.world_size,
+                 "augment": self._generator.get_state(), "torch": torch.get_rng_state()}  # fmt: skip
+        if self.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint[RNG_KEY] = state
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._saved_rng = checkpoint.get(RNG_KEY)
+        self._restore_rng()  # Lightning restores before or after on_fit_start, by strategy
+
+    def _restore_rng(self) -> None:
+        """Continue the saved random streams in a one-process run on the same kind of device;
+        otherwise (several processes: only rank 0's streams are saved; another device; an
+        older checkpoint) start new streams that differ from the run's first ones."""
+        saved, self._saved_rng = self._saved_rng, None
+        if saved is None or self._generator is None:
+            self._saved_rng = saved  # on_fit_start has not made the generator yet
+            return
+        same = saved.get("world_size") == 1 == self.trainer.world_size
+        if same and saved.get("device") == self.device.type:
+            self._generator.set_state(saved["augment"])
+            torch.set_rng_state(saved["torch"])
+            if "cuda" in saved:
+                torch.cuda.set_rng_state(saved["cuda"], self.device)
+        else:
+            self._generator.manual_seed(
+                (self.config.seed * 1000 + self.global_rank) * 1_000_003 + self.global_step + 1
+            )
 
     def _inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """Validation inputs: the preprocessing every consumer of the model uses."""
@@ -111,14 +156,16 @@ class PatchClassifier(L.LightningModule):
     def _layout(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
-    ) -> torch.Tensor:
-        pixels, labels = batch
-        x, targets = self._training_inputs(pixels, labels)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
+        pixels, labels = batch[0], batch[1]
+        targets = labels
+        if len(batch) > 2:  # a teacher's probabilities (knowledge distillation)
+            w = self.config.distill_weight
+            targets = (1.0 - w) * labels + w * batch[2]
+        x, targets = self._training_inputs(pixels, targets)
         logits = self(x).float()
-        # With mixup the loss learns the mixed labels; accuracy and AUC are scored against each
-        # image's own label, which holds the majority of its pixels.
+        # The loss learns the teacher's blend and/or the mixed labels; accuracy and AUC are
+        # scored against each image's own label (under mixup it holds most of the pixels).
         loss = self.loss(logits, targets)
         if not torch.isfinite(loss):
             self._diverged(f"the training loss became {loss.item()}")

@@ -1,0 +1,99 @@
+"""Knowledge distillation: a teacher model's probabilities on the training patches as soft targets.
+
+`histodetect train --teacher MODEL` scores every training patch once with MODEL (any model file
+`predict` takes: a run folder, a model.pt, an ensemble built by `histodetect ensemble`, a
+model.onnx) before the first step, and the loss then learns
+``(1 - w) * label + w * teacher_probability`` (w = ``--distill-weight``). So one model of the
+default's cost can learn what an ensemble of several knows (Hinton et al. 2015, "Distilling
+the knowledge in a neural network"). The probabilities are written to ``RUN/teacher.csv``
+(id, probability), which a resumed run reads instead of scoring again and which records what
+the student learned from.
+
+The teacher must not have been trained on the patches the student is validated on, or the
+student's validation AUC is optimistic; nothing here can tell, so README says so.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from histodetect.atomic import write_text_atomic
+from histodetect.data.store import PatchStore
+from histodetect.errors import HistodetectError
+
+TEACHER_FILE = "teacher.csv"
+CHUNK = 1024
+"""Patches read from the store and scored per step (bounded memory for any store size)."""
+
+
+def teacher_probabilities(
+    teacher: str, store: PatchStore, rows: np.ndarray, *, progress: bool = True
+) -> np.ndarray:
+    """The teacher's calibrated tumour probabilities, float32 (n,), of the store's `rows`.
+
+    Raises:
+        HistodetectError: a teacher that cannot be loaded, or non-finite outputs (broken
+            weights), naming the file.
+    """
+    from tqdm import tqdm
+
+    from histodetect.inference.predictor import Predictor
+
+    predictor = Predictor(teacher)
+    print(f"teacher: {predictor.model_path} ({predictor.description}), {len(rows)} patches")
+    out = np.empty(len(rows), dtype=np.float32)
+    with tqdm(total=len(rows), unit="patch", desc="teacher", disable=not progress) as bar:
+        for start in range(0, len(rows), CHUNK):
+            part = rows[start : start + CHUNK]
+            out[start : start + len(part)] = predictor.predict_pixels(store.read(part))
+            bar.update(len(part))
+    return out
+
+
+def write_teacher_file(run_dir: Path, ids: np.ndarray, probabilities: np.ndarray) -> Path:
+    """``RUN/teacher.csv``: one row per training patch, written atomically."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["id", "probability"])
+    writer.writerows((str(i), f"{p:.6f}") for i, p in zip(ids, probabilities, strict=True))
+    path = run_dir / TEACHER_FILE
+    write_text_atomic(path, buffer.getvalue())
+    return path
+
+
+def read_teacher_file(path: Path, ids: np.ndarray) -> np.ndarray:
+    """The probabilities of `ids`, in that order, from a teacher.csv this module wrote.
+
+    Raises:
+        HistodetectError: a missing, unreadable or incomplete file, or values outside [0, 1].
+    """
+    try:
+        with path.open(newline="") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header != ["id", "probability"]:
+                raise ValueError(f"header {header} is not id,probability")
+            table = {row[0]: float(row[1]) for row in reader}
+    except FileNotFoundError:
+        raise HistodetectError(
+            f"{path} is missing, so this distilled run cannot resume with the teacher's targets "
+            "it began with; start a new run."
+        ) from None
+    except (OSError, ValueError, IndexError, UnicodeDecodeError) as exc:
+        raise HistodetectError(
+            f"{path} is damaged ({exc}); start a new run, which scores the teacher again."
+        ) from None
+    missing = [str(i) for i in ids if str(i) not in table]
+    if missing:
+        raise HistodetectError(
+            f"{path} has no probability for {len(missing)} training patches (first: "
+            f"{missing[0]}); it was written for other data; start a new run."
+        )
+    values = np.array([table[str(i)] for i in ids], dtype=np.float32)
+    if not (np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()):
+        raise HistodetectError(f"{path} holds values outside [0, 1]; start a new run.")
+    return values
