@@ -256,7 +256,14 @@ def pixels_changed_after_ingest(tmp: Path) -> list[str]:
     return ["inspect", "st"]
 
 
+def training_on_changed_pixels(tmp: Path) -> list[str]:
+    """The same damage, given to train: it trained on the changed pixels without a word."""
+    pixels_changed_after_ingest(tmp)
+    return ["train", "--data", "st", "--out", "run", "--epochs", "1", "--no-progress"]
+
+
 CASES = [
+    Case("training_on_changed_pixels", training_on_changed_pixels, ("st/pixels.u8", "the pixels of 1 patch no longer match", "ingest the source again")),
     Case("overwrite_parent_of_input", overwrite_parent_of_input, ("--out project", "project/data")),
     Case("pixels_changed_after_ingest", pixels_changed_after_ingest, ("st/pixels.u8", "the pixels of 1 patch no longer match the ids ingest gave them", "row 2 counting from 0", "ingest the source again")),
     Case("overwrite_the_input", overwrite_the_input, ("--out k", "holds the input")),

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from histodetect import __version__
-from histodetect.data.inspection import channel_mean_std
+from histodetect.data.inspection import channel_mean_std, check_pixels
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
@@ -275,7 +275,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     With ``resume=True``, `config` is read again from ``config.out`` (see `resume_config`).
 
     Raises:
-        HistodetectError: missing store, data that cannot train, existing run without resume,
+        HistodetectError: missing store, pixels changed since ingest, data that cannot train,
+            existing run without resume,
             store changed since the run began, or a diverged run (non-finite loss).
         Interrupted: stopped by SIGTERM or Ctrl-C; the last checkpoint is kept for --resume.
     """
@@ -287,6 +288,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
         config, ckpt_path = _resumed(config.out)
     run_dir = Path(config.out)
     store = open_store(config.data)
+    if _is_primary_process():  # pixels changed after ingest would be trained on silently
+        check_pixels(store)
     L.seed_everything(config.seed, workers=False, verbose=False)
     datamodule = PatchDataModule(store, config)
     check_trainable(config, store, datamodule)
