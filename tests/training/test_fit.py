@@ -244,3 +244,38 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_run_ends(
     assert whole["state_dict"].keys() == resumed["state_dict"].keys()
     for key, value in whole["state_dict"].items():  # the weights and their average (ema.*)
         assert torch.equal(value, resumed["state_dict"][key]), key
+
+
+def test_a_checkpoint_without_saved_streams_resumes_with_new_ones(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint written before the random streams were saved (or by several processes)
+    resumes with streams seeded by its step, not with the run's first ones again."""
+    import torch
+
+    from histodetect.training import module
+
+    config = resolve_config(str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32,
+                            checkpoint_every_steps=3, **TINY)  # fmt: skip
+    real = module.PatchClassifier.training_step
+    seeds: list[int] = []
+
+    def step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        seeds.append(self._generator.initial_seed())
+        if self.global_step == 5 and len(seeds) == 6:
+            raise RuntimeError("killed")
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(module.PatchClassifier, "training_step", step)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(config, progress=False)
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    payload = torch.load(last, weights_only=False)
+    assert payload["global_step"] == 3 and module.RNG_KEY in payload
+    del payload[module.RNG_KEY]
+    torch.save(payload, last)
+    seeds.clear()
+    fit(config, resume=True, progress=False)
+    first_run_seed = config.seed * 1000
+    assert seeds and seeds[0] != first_run_seed, "new streams, not the first ones again"
+    assert seeds[0] == first_run_seed * 1_000_003 + 3 + 1, "seeded by the checkpoint's step"

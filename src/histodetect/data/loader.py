@@ -46,7 +46,8 @@ def fits_on_gpu(nbytes: int, device: torch.device) -> bool:
 
 
 class PatchBatches:
-    """An iterable of (pixels uint8 (b, 96, 96, 3), labels float (b,)) batches on `device`.
+    """An iterable of (pixels uint8 (b, 96, 96, 3), labels float (b,)[, targets float (b,)])
+    batches on `device`.
 
     Shuffled with a new seeded permutation each epoch (`set_epoch`, which Lightning calls
     through the `sampler` attribute). Under data parallelism each process builds its own

@@ -32,7 +32,8 @@ class PatchDataModule(L.LightningDataModule):
         self._train_batches: PatchBatches | None = None
         self._position: dict[str, int] | None = None  # from a checkpoint, until a loader takes it
         self.soft_targets: np.ndarray | None = None
-        """A teacher's probability per store row (float32, len(store)); set before fitting."""
+        """A teacher's probability per store row (float32, len(store)); set before fitting in
+        the first process, which `setup` broadcasts to the others."""
 
     def summary(self) -> str:
         """One line: split method and sizes."""
@@ -63,6 +64,11 @@ class PatchDataModule(L.LightningDataModule):
         self._train, self._valid = (
             (_to(train, device), _to(valid, device)) if on_device else (train, valid)
         )
+        if self.config.teacher is not None and world > 1:  # the first process has them
+            assert self.trainer is not None
+            self.soft_targets = self.trainer.strategy.broadcast(self.soft_targets, src=0)
+        if self.config.teacher is not None and self.soft_targets is None:
+            raise RuntimeError(f"process {rank} of {world} has no teacher targets")  # a bug
         if self.soft_targets is not None:
             targets = torch.from_numpy(self.soft_targets[train_rows])
             self._targets = targets.to(device) if on_device else targets

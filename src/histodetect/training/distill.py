@@ -18,6 +18,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -31,9 +32,16 @@ CHUNK = 1024
 
 
 def teacher_probabilities(
-    teacher: str, store: PatchStore, rows: np.ndarray, *, progress: bool = True
-) -> np.ndarray:
-    """The teacher's calibrated tumour probabilities, float32 (n,), of the store's `rows`.
+    teacher: str,
+    store: PatchStore,
+    rows: np.ndarray,
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """The teacher's calibrated tumour probabilities, float32 (n,), of the store's `rows`, and
+    the teacher file's metadata (where and how it was trained).
 
     Raises:
         HistodetectError: a teacher that cannot be loaded, or non-finite outputs (broken
@@ -43,7 +51,7 @@ def teacher_probabilities(
 
     from histodetect.inference.predictor import Predictor
 
-    predictor = Predictor(teacher)
+    predictor = Predictor(teacher, device=device, precision=precision)
     print(f"teacher: {predictor.model_path} ({predictor.description}), {len(rows)} patches")
     out = np.empty(len(rows), dtype=np.float32)
     with tqdm(total=len(rows), unit="patch", desc="teacher", disable=not progress) as bar:
@@ -51,7 +59,7 @@ def teacher_probabilities(
             part = rows[start : start + CHUNK]
             out[start : start + len(part)] = predictor.predict_pixels(store.read(part))
             bar.update(len(part))
-    return out
+    return out, dict(predictor.metadata)
 
 
 def write_teacher_file(run_dir: Path, ids: np.ndarray, probabilities: np.ndarray) -> Path:
@@ -59,7 +67,9 @@ def write_teacher_file(run_dir: Path, ids: np.ndarray, probabilities: np.ndarray
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["id", "probability"])
-    writer.writerows((str(i), f"{p:.6f}") for i, p in zip(ids, probabilities, strict=True))
+    # 9 significant digits give every float32 back exactly: a resume trains on the same values.
+    values = np.asarray(probabilities, dtype=np.float32).tolist()
+    writer.writerows((str(i), f"{p:.9g}") for i, p in zip(ids, values, strict=True))
     path = run_dir / TEACHER_FILE
     write_text_atomic(path, buffer.getvalue())
     return path

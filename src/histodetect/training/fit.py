@@ -18,6 +18,7 @@ import torch
 
 from histodetect import __version__
 from histodetect.data.inspection import channel_mean_std, check_pixels
+from histodetect.data.splits import OptimisticSplitWarning
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
@@ -176,16 +177,22 @@ def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) or (run_dir / MODEL_FILE).exists()
 
 
-def _prepare_run_dir(config: TrainConfig) -> None:
-    """Create the run folder; replace a run that never saved a checkpoint (a failed start)."""
+def _check_run_dir(config: TrainConfig) -> None:
+    """Refuse an --out that is a file or holds a run with a checkpoint (changes nothing)."""
     run_dir = Path(config.out)
     if run_dir.exists() and not run_dir.is_dir():
         raise HistodetectError(f"--out {run_dir} is a file; give a folder for the run.")
+    if (run_dir / CONFIG_FILE).exists() and _is_primary_process() and _has_checkpoint(run_dir):
+        raise HistodetectError(
+            f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out."
+        )
+
+
+def _prepare_run_dir(config: TrainConfig) -> None:
+    """Create the run folder; replace a run that never saved a checkpoint (a failed start)."""
+    _check_run_dir(config)
+    run_dir = Path(config.out)
     if (run_dir / CONFIG_FILE).exists() and _is_primary_process():
-        if _has_checkpoint(run_dir):
-            raise HistodetectError(
-                f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out."
-            )
         for name in RUN_FILES:  # a run that failed before its first checkpoint: start afresh
             path = run_dir / name
             if path.is_dir():
@@ -288,8 +295,6 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
         config, ckpt_path = _resumed(config.out)
     run_dir = Path(config.out)
     store = open_store(config.data)
-    if _is_primary_process():  # pixels changed after ingest would be trained on silently
-        check_pixels(store)
     L.seed_everything(config.seed, workers=False, verbose=False)
     datamodule = PatchDataModule(store, config)
     check_trainable(config, store, datamodule)
@@ -299,14 +304,17 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     spec = _spec_for(config, store, datamodule.split.train)
     module = PatchClassifier(spec.to_dict(), config.to_dict())
     trainer = _trainer(config, run_dir, progress)
+    if trainer.local_rank == 0:  # each node's copy: changed pixels would be trained on silently
+        check_pixels(store)
+    if not resume:
+        _check_run_dir(config)
     scored = None  # a new run scores its teacher before its folder exists: a bad one leaves none
-    if config.teacher is not None and not resume and _is_primary_process():
-        scored = teacher_probabilities(
-            config.teacher, store, datamodule.split.train, progress=progress
-        )
+    if config.teacher is not None and not resume and trainer.global_rank == 0:
+        scored = _score_teacher(config, store, datamodule, progress)
     if not resume:
         _prepare_run_dir(config)
-    if config.teacher is not None:  # before anything of a resumed run is moved
+    if config.teacher is not None and trainer.global_rank == 0:  # before a resume moves anything
+        # The other processes receive them from this one (PatchDataModule.setup).
         datamodule.soft_targets = _teacher_targets(config, store, datamodule, scored)
     if resume and _is_primary_process():
         set_aside(run_dir)
@@ -316,12 +324,41 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     return _finish(trainer, run_dir, store, datamodule, started)
 
 
+def _score_teacher(
+    config: TrainConfig, store: PatchStore, dm: PatchDataModule, progress: bool
+) -> Any:
+    """The teacher's probabilities of the training patches, on the device training uses; warns
+    when the teacher was trained on this store with another split (it may have trained on
+    patches this run validates on)."""
+    assert config.teacher is not None
+    device = "cpu" if config.accelerator == "cpu" else "auto"
+    scored, metadata = teacher_probabilities(
+        config.teacher, store, dm.split.train, device=device, precision=config.precision,
+        progress=progress,
+    )  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what the teacher held must not count against the data
+    if metadata.get("store_fingerprint") == store.fingerprint and "n_valid" in metadata:
+        theirs = (metadata.get("split_method"), metadata.get("n_valid"))
+        if theirs != (dm.split.method, len(dm.split.valid)):
+            warnings.warn(
+                f"the teacher {config.teacher} was trained on this store with another split "
+                f"({theirs[0]}, {theirs[1]} validation patches; this run: {dm.split.method}, "
+                f"{len(dm.split.valid)}), so it may have trained on patches this run validates "
+                "on, which would make the validation figures optimistic; give both the same "
+                "--seed and --valid-fraction",
+                OptimisticSplitWarning,
+                stacklevel=2,
+            )
+    return scored
+
+
 def _teacher_targets(
     config: TrainConfig, store: PatchStore, dm: PatchDataModule, scored: Any
 ) -> Any:
-    """The teacher's probability per store row (NaN outside the training split). A new run's
-    first process has `scored` them and saves them as RUN/teacher.csv; a resumed run and the
-    other processes of a multi-process run read them back from that file."""
+    """The teacher's probability per store row (NaN outside the training split), in the first
+    process. A new run has `scored` them and saves them as RUN/teacher.csv (float32 written
+    exactly, so a resume trains on the same values); a resumed run reads them back."""
     import numpy as np
 
     rows = dm.split.train

@@ -118,27 +118,31 @@ class PatchClassifier(L.LightningModule):
         checkpoint[RNG_KEY] = state
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self._saved_rng = checkpoint.get(RNG_KEY)
+        # {} for a checkpoint written before the streams were saved: new streams, not the first.
+        self._saved_rng = {
+            **checkpoint.get(RNG_KEY, {}),
+            "step": int(checkpoint.get("global_step", 0)),
+        }
         self._restore_rng()  # Lightning restores before or after on_fit_start, by strategy
 
     def _restore_rng(self) -> None:
         """Continue the saved random streams in a one-process run on the same kind of device;
         otherwise (several processes: only rank 0's streams are saved; another device; an
-        older checkpoint) start new streams that differ from the run's first ones."""
+        older checkpoint) start new streams, seeded by the step, that differ from the run's
+        first ones and from any earlier resume's."""
+        if self._saved_rng is None or self._generator is None:
+            return  # nothing to restore, or on_fit_start has not made the generator yet
         saved, self._saved_rng = self._saved_rng, None
-        if saved is None or self._generator is None:
-            self._saved_rng = saved  # on_fit_start has not made the generator yet
-            return
         same = saved.get("world_size") == 1 == self.trainer.world_size
-        if same and saved.get("device") == self.device.type:
+        if same and saved.get("device") == self.device.type and "augment" in saved:
             self._generator.set_state(saved["augment"])
             torch.set_rng_state(saved["torch"])
             if "cuda" in saved:
                 torch.cuda.set_rng_state(saved["cuda"], self.device)
         else:
-            self._generator.manual_seed(
-                (self.config.seed * 1000 + self.global_rank) * 1_000_003 + self.global_step + 1
-            )
+            seed = (self.config.seed * 1000 + self.global_rank) * 1_000_003 + saved["step"] + 1
+            self._generator.manual_seed(seed)
+            torch.manual_seed(seed)  # dropout's stream, on every device
 
     def _inputs(self, pixels: torch.Tensor) -> torch.Tensor:
         """Validation inputs: the preprocessing every consumer of the model uses."""
