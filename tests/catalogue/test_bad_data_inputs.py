@@ -259,7 +259,18 @@ def pixels_changed_after_ingest(tmp: Path) -> list[str]:
 def training_on_changed_pixels(tmp: Path) -> list[str]:
     """The same damage, given to train: it trained on the changed pixels without a word."""
     pixels_changed_after_ingest(tmp)
-    return ["train", "--data", "st", "--out", "run", "--epochs", "1", "--no-progress"]
+    return [
+        "train",
+        "--data",
+        "st",
+        "--out",
+        "run",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--no-progress",
+    ]
 
 
 CASES = [

@@ -298,14 +298,14 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     L.seed_everything(config.seed, workers=False, verbose=False)
     datamodule = PatchDataModule(store, config)
     check_trainable(config, store, datamodule)
+    if int(os.environ.get("LOCAL_RANK", 0)) == 0:  # each node's copy; before Lightning speaks
+        check_pixels(store)  # pixels changed after ingest would be trained on silently
     print(f"data: {store.root} ({len(store)} patches); {datamodule.summary()}")
     # The network and the Trainer are built before the run folder: options that cannot build
     # them are refused with nothing left behind.
     spec = _spec_for(config, store, datamodule.split.train)
     module = PatchClassifier(spec.to_dict(), config.to_dict())
     trainer = _trainer(config, run_dir, progress)
-    if trainer.local_rank == 0:  # each node's copy: changed pixels would be trained on silently
-        check_pixels(store)
     if not resume:
         _check_run_dir(config)
     scored = None  # a new run scores its teacher before its folder exists: a bad one leaves none
