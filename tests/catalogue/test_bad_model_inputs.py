@@ -119,6 +119,7 @@ CASES = [
     Case("one-class training data", lambda t, s, r: _train(t, _one_class_store(t, s)), ("0 normal", "both classes")),
     Case("resume a finished run", lambda t, s, r: ["train", "--resume", str(r)], ("already finished",)),
     Case("resume a non-run", lambda t, s, r: ["train", "--resume", str(t)], ("not a training run",)),
+    Case("resume with a recipe option", lambda t, s, r: ["train", "--resume", str(r), "--epochs", "30", "--teacher", str(r)], ("--resume", "--epochs, --teacher would be ignored", "start a new run")),
     Case("damaged weights", lambda t, s, r: ["predict", str(s), "--model", str(_damaged_model(t, r)), "--out", str(t / "p.csv"), "--no-progress"], ("damaged.pt", "checksum")),
     Case("nan weights", lambda t, s, r: ["evaluate", str(_nan_model(t, r)), "--data", str(s), "--out", str(t / "rep")], ("nan.pt", "non-finite")),
     Case("evaluate cuda without gpu", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--device", "cuda"], ("--device cuda",)),

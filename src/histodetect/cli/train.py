@@ -147,12 +147,40 @@ def _augment(text: str | None) -> Any:
         raise HistodetectError(f"--augment: {str(exc).removeprefix('AugmentConfig.')}") from None
 
 
+RECIPE_OPTIONS = {"data": "--data", "out": "--out", "model": "--model", "model_kwargs": "--model-kwargs",
+    "crop_px": "--crop", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+    "weight_decay": "--weight-decay", "optimizer": "--optimizer", "schedule": "--schedule",
+    "augment": "--augment", "early_stop_patience": "--early-stop", "valid_fraction": "--valid-fraction",
+    "max_steps_per_epoch": "--max-steps-per-epoch", "checkpoint_every_steps": "--checkpoint-every-steps",
+    "mpp": "--mpp", "ema_decay": "--ema-decay", "teacher": "--teacher", "distill_weight": "--distill-weight",
+    "accelerator": "--accelerator", "devices": "--devices", "num_nodes": "--num-nodes",
+    "strategy": "--strategy", "precision": "--precision", "compile": "--compile"}  # fmt: skip
+"""Options a resumed run takes from its config.json instead (given with --resume, refused)."""
+
+
+def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
+    """--resume continues a run with the settings it began with; an option given beside it
+    (--epochs 30 to train longer) was silently ignored."""
+    from histodetect.errors import HistodetectError
+
+    given = [flag for key, flag in RECIPE_OPTIONS.items() if getattr(args, key, None) is not None]
+    if args.preset != "default":
+        given.insert(0, "--preset")
+    if given:
+        raise HistodetectError(
+            f"--resume {args.resume} continues the run with the settings it began with, so "
+            f"{', '.join(given)} would be ignored; leave {'it' if len(given) == 1 else 'them'} "
+            "out (to change the recipe or train longer, start a new run)."
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from histodetect.errors import HistodetectError
     from histodetect.training.config import resolve_config
     from histodetect.training.fit import fit, resume_config
 
     if args.resume is not None:
+        _refuse_settings_with_resume(args)
         result = fit(resume_config(args.resume), resume=True, progress=args.progress)
     else:
         if args.data is None or args.out is None:
