@@ -187,11 +187,9 @@ def run(args: argparse.Namespace) -> int:
             raise HistodetectError(
                 "give --data STORE and --out RUN_FOLDER (or --resume RUN_FOLDER)."
             )
-        overrides = {k: getattr(args, k) for k in (
-            "model", "model_kwargs", "crop_px", "epochs", "batch_size", "lr", "weight_decay", "optimizer",
-            "schedule", "early_stop_patience", "valid_fraction", "max_steps_per_epoch", "accelerator",
-            "checkpoint_every_steps", "mpp", "ema_decay", "distill_weight",
-            "devices", "num_nodes", "strategy", "precision", "compile")}  # fmt: skip
+        # The recipe options as given; data, out, augment and teacher need reading first.
+        given_as_is = set(RECIPE_OPTIONS) - {"data", "out", "augment", "teacher"}
+        overrides = {k: getattr(args, k) for k in given_as_is}
         if args.distill_weight is not None and args.teacher is None:
             raise HistodetectError(
                 "--distill-weight has no effect without --teacher MODEL; add the teacher or "

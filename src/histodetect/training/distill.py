@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import csv
 import io
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from histodetect.atomic import write_text_atomic
+from histodetect.data.splits import OptimisticSplitWarning, Split
 from histodetect.data.store import PatchStore
 from histodetect.errors import HistodetectError
+from histodetect.training.config import TrainConfig
 
 TEACHER_FILE = "teacher.csv"
 CHUNK = 1024
@@ -107,3 +110,56 @@ def read_teacher_file(path: Path, ids: np.ndarray) -> np.ndarray:
     if not (np.isfinite(values).all() and (values >= 0).all() and (values <= 1).all()):
         raise HistodetectError(f"{path} holds values outside [0, 1]; start a new run.")
     return values
+
+
+def score_teacher(
+    config: TrainConfig, store: PatchStore, split: Split, progress: bool
+) -> np.ndarray:
+    """The teacher's probabilities of the training patches, on the device training uses; warns
+    when the teacher was trained on this store with another split (it may have trained on
+    patches this run validates on)."""
+    import torch
+
+    assert config.teacher is not None
+    device = "cpu" if config.accelerator == "cpu" else "auto"
+    scored, metadata = teacher_probabilities(
+        config.teacher, store, split.train, device=device, precision=config.precision,
+        progress=progress,
+    )  # fmt: skip
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # what the teacher held must not count against the data
+    if metadata.get("store_fingerprint") == store.fingerprint and "n_valid" in metadata:
+        theirs = (metadata.get("split_method"), metadata.get("n_valid"))
+        if theirs != (split.method, len(split.valid)):
+            warnings.warn(
+                f"the teacher {config.teacher} was trained on this store with another split "
+                f"({theirs[0]}, {theirs[1]} validation patches; this run: {split.method}, "
+                f"{len(split.valid)}), so it may have trained on patches this run validates "
+                "on, which would make the validation figures optimistic; give both the same "
+                "--seed and --valid-fraction",
+                OptimisticSplitWarning,
+                stacklevel=2,
+            )
+    return scored
+
+
+def teacher_targets(
+    config: TrainConfig, store: PatchStore, split: Split, scored: np.ndarray | None
+) -> np.ndarray:
+    """The teacher's probability per store row (NaN outside the training split), in the first
+    process. A new run has `scored` them and saves them as RUN/teacher.csv (float32 written
+    exactly, so a resume trains on the same values); a resumed run reads them back."""
+    rows = split.train
+    ids = store.manifest.ids[rows]
+    if scored is not None:
+        write_teacher_file(Path(config.out), ids, scored)
+        probabilities = scored
+    else:
+        probabilities = read_teacher_file(Path(config.out) / TEACHER_FILE, ids)
+    labels = store.manifest.labels[rows]
+    agree = float(((probabilities >= 0.5) == (labels == 1)).mean())
+    print(f"teacher agrees with {agree:.1%} of the training labels; target = "
+          f"{1 - config.distill_weight:g} x label + {config.distill_weight:g} x teacher")  # fmt: skip
+    soft = np.full(len(store), np.nan, dtype=np.float32)
+    soft[rows] = probabilities
+    return soft

@@ -18,7 +18,6 @@ import torch
 
 from histodetect import __version__
 from histodetect.data.inspection import channel_mean_std, check_pixels
-from histodetect.data.splits import OptimisticSplitWarning
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
@@ -27,12 +26,7 @@ from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_mode
 from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.devices import check_runnable_here, lightning_refusal
-from histodetect.training.distill import (
-    TEACHER_FILE,
-    read_teacher_file,
-    teacher_probabilities,
-    write_teacher_file,
-)
+from histodetect.training.distill import TEACHER_FILE, score_teacher, teacher_targets
 from histodetect.training.interrupt import (
     CheckpointAtSigterm,
     run_interrupted,
@@ -310,71 +304,18 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
         _check_run_dir(config)
     scored = None  # a new run scores its teacher before its folder exists: a bad one leaves none
     if config.teacher is not None and not resume and trainer.global_rank == 0:
-        scored = _score_teacher(config, store, datamodule, progress)
+        scored = score_teacher(config, store, datamodule.split, progress)
     if not resume:
         _prepare_run_dir(config)
     if config.teacher is not None and trainer.global_rank == 0:  # before a resume moves anything
         # The other processes receive them from this one (PatchDataModule.setup).
-        datamodule.soft_targets = _teacher_targets(config, store, datamodule, scored)
+        datamodule.soft_targets = teacher_targets(config, store, datamodule.split, scored)
     if resume and _is_primary_process():
         set_aside(run_dir)
     if trainer.global_rank == 0:
         _write_run_info(run_dir, config, store, datamodule, resume)
     _train(trainer, module, datamodule, ckpt_path, run_dir)
     return _finish(trainer, run_dir, store, datamodule, started)
-
-
-def _score_teacher(
-    config: TrainConfig, store: PatchStore, dm: PatchDataModule, progress: bool
-) -> Any:
-    """The teacher's probabilities of the training patches, on the device training uses; warns
-    when the teacher was trained on this store with another split (it may have trained on
-    patches this run validates on)."""
-    assert config.teacher is not None
-    device = "cpu" if config.accelerator == "cpu" else "auto"
-    scored, metadata = teacher_probabilities(
-        config.teacher, store, dm.split.train, device=device, precision=config.precision,
-        progress=progress,
-    )  # fmt: skip
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()  # what the teacher held must not count against the data
-    if metadata.get("store_fingerprint") == store.fingerprint and "n_valid" in metadata:
-        theirs = (metadata.get("split_method"), metadata.get("n_valid"))
-        if theirs != (dm.split.method, len(dm.split.valid)):
-            warnings.warn(
-                f"the teacher {config.teacher} was trained on this store with another split "
-                f"({theirs[0]}, {theirs[1]} validation patches; this run: {dm.split.method}, "
-                f"{len(dm.split.valid)}), so it may have trained on patches this run validates "
-                "on, which would make the validation figures optimistic; give both the same "
-                "--seed and --valid-fraction",
-                OptimisticSplitWarning,
-                stacklevel=2,
-            )
-    return scored
-
-
-def _teacher_targets(
-    config: TrainConfig, store: PatchStore, dm: PatchDataModule, scored: Any
-) -> Any:
-    """The teacher's probability per store row (NaN outside the training split), in the first
-    process. A new run has `scored` them and saves them as RUN/teacher.csv (float32 written
-    exactly, so a resume trains on the same values); a resumed run reads them back."""
-    import numpy as np
-
-    rows = dm.split.train
-    ids = store.manifest.ids[rows]
-    if scored is not None:
-        write_teacher_file(Path(config.out), ids, scored)
-        probabilities = scored
-    else:
-        probabilities = read_teacher_file(Path(config.out) / TEACHER_FILE, ids)
-    labels = store.manifest.labels[rows]
-    agree = float(((probabilities >= 0.5) == (labels == 1)).mean())
-    print(f"teacher agrees with {agree:.1%} of the training labels; target = "
-          f"{1 - config.distill_weight:g} x label + {config.distill_weight:g} x teacher")  # fmt: skip
-    soft = np.full(len(store), np.nan, dtype=np.float32)
-    soft[rows] = probabilities
-    return soft
 
 
 def _train(
