@@ -15,6 +15,10 @@ from histodetect.errors import HistodetectError
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 """CPU feature flags (as Linux names them in /proc/cpuinfo) that mean native bf16 matmuls."""
+CPU_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+"""CPU feature flags that mean int8 dot products without 16-bit intermediate sums (VNNI)."""
+ENV_CPU_VNNI = "HISTODETECT_CPU_VNNI"
+"""Set to 0 or 1 to override the VNNI detection (tests, or a CPU whose flags are hidden)."""
 ENV_CPU_BF16 = "HISTODETECT_CPU_BF16"
 """Set to 0 or 1 to override the detection (tests, or a CPU whose flags are hidden)."""
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
@@ -43,6 +47,20 @@ def cpu_has_native_bf16() -> bool:
     if forced in ("0", "1"):
         return forced == "1"
     return any(flag in _cpuinfo_flags() for flag in CPU_BF16_FLAGS)
+
+
+def cpu_has_vnni() -> bool:
+    """True when the CPU has VNNI int8 dot products (AVX-512 VNNI, AVX-VNNI or AMX int8).
+
+    Without VNNI, ONNX Runtime multiplies uint8 activations by int8 weights with VPMADDUBSW,
+    whose 16-bit intermediate sums saturate when weights use the full int8 range: the same
+    int8 graph then gives other probabilities (off by 0.45 for the bundled model on an AVX2
+    CPU). ``HISTODETECT_CPU_VNNI=0|1`` overrides the detection.
+    """
+    forced = os.environ.get(ENV_CPU_VNNI)
+    if forced in ("0", "1"):
+        return forced == "1"
+    return any(flag in _cpuinfo_flags() for flag in CPU_VNNI_FLAGS)
 
 
 def auto_precision(device_type: str) -> str:

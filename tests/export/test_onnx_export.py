@@ -149,6 +149,7 @@ def test_int8_keeps_the_auc_on_real_patches(
     assert result.precision == "int8" and result.size_bytes < bundled_onnx.stat().st_size / 2
     meta = ort.InferenceSession(str(result.path)).get_modelmeta().custom_metadata_map
     assert meta["precision"] == "int8" and "model_spec" in meta
+    assert meta["int8_weights"] == "7-bit (reduce_range)"  # right on CPUs without VNNI too
     pixels, labels = valid_patches(shared_data, per_class=300)
     int8_probs = _probabilities(result.path, pixels)
     fp32_probs = _probabilities(bundled_onnx, pixels)

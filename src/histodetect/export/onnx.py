@@ -33,6 +33,8 @@ from histodetect.inference.backends.onnx import (
     FORMAT_VERSION,
     FORMAT_VERSION_KEY,
     INPUT_NAME,
+    INT8_WEIGHTS,
+    INT8_WEIGHTS_KEY,
     LOGITS_OUTPUT,
     MODEL_METADATA_KEY,
     ONNX_SUFFIX,
@@ -236,6 +238,8 @@ def metadata_props(
     }
     if mpp:
         props["mpp"] = repr(float(mpp))
+    if precision == "int8":
+        props[INT8_WEIGHTS_KEY] = INT8_WEIGHTS
     return props
 
 

@@ -1,9 +1,17 @@
 """int8 ONNX models: ONNX Runtime's static quantisation, calibrated on real patches.
 
-Weights int8 per output channel, activations uint8 with ranges measured (min/max) on a few
+Weights int8 per output channel in 7 bits (`reduce_range`), activations uint8 with ranges measured (min/max) on a few
 hundred calibration patches, QOperator format (QLinearConv, QGemm), which ran fastest of
 the formats tried on the CPU (docs/BENCHMARKS.md). Use it only where its AUC was checked:
 on PCam valid patches it stayed within 0.002 of fp32.
+
+Why 7-bit weights: on CPUs without VNNI (AVX2 only) ONNX Runtime computes uint8 x int8 with
+VPMADDUBSW, whose 16-bit sums saturate for full-range weights, so a graph quantised with 8-bit
+weights on a VNNI CPU gave probabilities off by up to 0.45 on an AVX2 one (the export's parity
+check refused it there). 7-bit weights cannot saturate, so one file is right on every CPU;
+int8 files written before carry no
+`histodetect.inference.backends.onnx.INT8_WEIGHTS_KEY` and are refused on CPUs without VNNI.
+
 """
 
 from __future__ import annotations
@@ -107,4 +115,5 @@ def quantize_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
             weight_type=q.QuantType.QInt8,
             per_channel=True,
             calibrate_method=q.CalibrationMethod.MinMax,
+            reduce_range=True,
         )

@@ -30,6 +30,9 @@ SPEC_KEY = "model_spec"
 """Metadata key of the ModelSpec as JSON (`ModelSpec.to_dict`): the one the backend reads."""
 MODEL_METADATA_KEY = "model_metadata"
 """Metadata key of the source model's metadata as JSON (calibration, training provenance)."""
+INT8_WEIGHTS_KEY, INT8_WEIGHTS = "int8_weights", "7-bit (reduce_range)"
+"""Metadata of int8 graphs whose weights cannot saturate the 16-bit sums of CPUs without VNNI
+(`histodetect.export.quantize`); int8 graphs without it are refused on such CPUs."""
 INSTALL_HINT = "pip install -c constraints.txt -e '.[onnx]'"
 
 
@@ -92,6 +95,28 @@ def read_metadata(path: Path, metadata: dict[str, str]) -> tuple[dict[str, Any],
     return spec, extra
 
 
+def on_gpu_provider(session: Any) -> bool:
+    """True when the session runs on ONNX Runtime's CUDA provider."""
+    return bool(session.get_providers()[0] == "CUDAExecutionProvider")
+
+
+def check_int8_portable(path: Path, metadata: dict[str, str]) -> None:
+    """Refuse an int8 graph with full-range weights on a CPU without VNNI, where they saturate.
+
+    Raises:
+        HistodetectError: When `path` is such a graph and this CPU lacks VNNI.
+    """
+    from histodetect.hardware import cpu_has_vnni
+
+    if metadata.get("precision") != "int8" or INT8_WEIGHTS_KEY in metadata or cpu_has_vnni():
+        return
+    raise HistodetectError(
+        f"{path} is an int8 model with full-range weights, which this CPU (no VNNI) computes "
+        "with overflow (wrong probabilities); export it again with this histodetect version, "
+        "or export it without --int8-calibration."
+    )
+
+
 class OnnxBackend:
     """An exported model.onnx in an ONNX Runtime session.
 
@@ -122,8 +147,10 @@ class OnnxBackend:
         self.path = path
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec_dict, self.metadata = read_metadata(path, meta)
+        if not on_gpu_provider(self.session):
+            check_int8_portable(path, meta)
         self.patch_size_px = int(self.spec_dict.get("patch_size_px", 96))
-        on_gpu = self.session.get_providers()[0] == "CUDAExecutionProvider"
+        on_gpu = on_gpu_provider(self.session)
         self.device_name = "cuda" if on_gpu else "cpu"
         self.description = f"{self.device_name}, onnxruntime {ort.__version__}"
 
