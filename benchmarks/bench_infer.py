@@ -3,8 +3,9 @@
 Usage: python benchmarks/bench_infer.py [--model histocnn|seed_cnn|...|PATH] [--crop-px 32]
        [--batch-size 256] [--batches 4] [--repeats 3] [--device cpu] [--quality PER_CLASS]
 
-Paths: torch fp32 in the default layout (`--precision 32-true`), torch `auto` (bf16 autocast
-+ channels_last where the device computes bf16 natively), ONNX Runtime fp32 and int8 (the
+Paths: torch fp32 eagerly in the default layout (`--precision 32-true HISTODETECT_CPU_NHWC=0`),
+torch `auto` (a frozen bf16 channels_last graph where the CPU computes bf16 natively, a frozen
+fp32 channels_last graph on other AVX2 CPUs), ONNX Runtime fp32 and int8 (the
 model exported by `histodetect export`, int8 calibrated on 256 real training patches).
 Every path runs uint8 patches through `Predictor.logits`, preprocessing included. Warm-up
 first, then `--repeats` rounds that alternate the paths, `--batches` batches each; the median
@@ -59,6 +60,7 @@ def real_or_random(n: int) -> tuple[np.ndarray, np.ndarray | None]:
 def predictors(source: Path, folder: Path, device: str, batch: int) -> dict[str, object]:
     """One Predictor per path, all of the same weights."""
     from histodetect.export import export_onnx
+    from histodetect.hardware import ENV_CPU_NHWC
     from histodetect.inference.predictor import Predictor
 
     fp32 = export_onnx(source, folder / "fp32.onnx").path
@@ -68,8 +70,13 @@ def predictors(source: Path, folder: Path, device: str, batch: int) -> dict[str,
         int8 = fp32
     common = {"device": device, "batch_size": batch}
     auto = Predictor(source, **common)
+    os.environ[ENV_CPU_NHWC] = "0"  # the baseline: fp32 in the default layout, eagerly
+    try:
+        baseline = Predictor(source, precision="32-true", **common)
+    finally:
+        del os.environ[ENV_CPU_NHWC]
     return {
-        "torch fp32 (eager, NCHW)": Predictor(source, precision="32-true", **common),
+        "torch fp32 (eager, NCHW)": baseline,
         f"torch auto ({auto.description.split('torch ')[-1]})": auto,
         "onnxruntime fp32": Predictor(fp32, **common),
         "onnxruntime int8": Predictor(int8, **common),

@@ -181,9 +181,12 @@ class TorchTimer:
         if task == "infer":
             return _timed(lambda: backend.logits(self.pixels, False), n, BATCH_INFER)
         x = torch.randn(BATCH_TRAIN, 3, size, size)
-        if use_channels_last("cpu", backend.precision):
-            x = x.contiguous(memory_format=torch.channels_last)
-        model, optimiser = backend.model.train(), self.optimisers[(config, size)]
+        layout = torch.contiguous_format  # as `train` runs it (hardware.use_channels_last)
+        if use_channels_last("cpu", backend.precision, training=True):
+            layout = torch.channels_last
+        x = x.contiguous(memory_format=layout)
+        model = backend.model.to(memory_format=layout).train()
+        optimiser = self.optimisers[(config, size)]
 
         def step() -> None:
             with autocast("cpu", backend.precision):

@@ -21,6 +21,10 @@ ENV_CPU_VNNI = "HISTODETECT_CPU_VNNI"
 """Set to 0 or 1 to override the VNNI detection (tests, or a CPU whose flags are hidden)."""
 ENV_CPU_BF16 = "HISTODETECT_CPU_BF16"
 """Set to 0 or 1 to override the detection (tests, or a CPU whose flags are hidden)."""
+CPU_NHWC_FP32_FLAGS = ("avx2",)
+"""CPU flags under which oneDNN's fp32 convolutions run faster on channels_last (NHWC) tensors."""
+ENV_CPU_NHWC = "HISTODETECT_CPU_NHWC"
+"""Set to 0 or 1 to override whether fp32 inference on this CPU runs channels_last (NHWC)."""
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
 """Precisions every command accepts; `auto` picks per device with `auto_precision`."""
 
@@ -37,16 +41,21 @@ def _cpuinfo_flags() -> frozenset[str]:
     return frozenset()
 
 
+def _detected(env: str, flags: tuple[str, ...]) -> bool:
+    """True when the CPU reports any of `flags`, unless the environment variable `env` is 0/1."""
+    forced = os.environ.get(env)
+    if forced in ("0", "1"):
+        return forced == "1"
+    return any(flag in _cpuinfo_flags() for flag in flags)
+
+
 def cpu_has_native_bf16() -> bool:
     """True when the CPU computes bf16 natively (AMX or AVX-512 BF16), read from its flags.
 
     Detected, never guessed from the vendor: without these flags bf16 autocast is emulated
     and slower than fp32. ``HISTODETECT_CPU_BF16=0|1`` overrides the detection.
     """
-    forced = os.environ.get(ENV_CPU_BF16)
-    if forced in ("0", "1"):
-        return forced == "1"
-    return any(flag in _cpuinfo_flags() for flag in CPU_BF16_FLAGS)
+    return _detected(ENV_CPU_BF16, CPU_BF16_FLAGS)
 
 
 def cpu_has_vnni() -> bool:
@@ -57,10 +66,7 @@ def cpu_has_vnni() -> bool:
     int8 graph then gives other probabilities (off by 0.45 for the bundled model on an AVX2
     CPU). ``HISTODETECT_CPU_VNNI=0|1`` overrides the detection.
     """
-    forced = os.environ.get(ENV_CPU_VNNI)
-    if forced in ("0", "1"):
-        return forced == "1"
-    return any(flag in _cpuinfo_flags() for flag in CPU_VNNI_FLAGS)
+    return _detected(ENV_CPU_VNNI, CPU_VNNI_FLAGS)
 
 
 def auto_precision(device_type: str) -> str:
@@ -83,9 +89,23 @@ def resolve_precision(requested: str, device_type: str) -> str:
     return auto_precision(device_type) if requested == "auto" else requested
 
 
-def use_channels_last(device_type: str, precision: str) -> bool:
-    """channels_last pays on GPUs and with CPU bf16 (oneDNN's fast kernels are NHWC)."""
-    return device_type == "cuda" or precision == "bf16-mixed"
+def use_channels_last(device_type: str, precision: str, *, training: bool = False) -> bool:
+    """channels_last where it measures faster: GPUs, CPU bf16, and CPU fp32 inference on x86
+    with AVX2.
+
+    oneDNN's fast CPU kernels are NHWC. In fp32 on a 2-vCPU AMD EPYC with AVX2 and no AVX-512
+    (docs/BENCHMARKS.md) the bundled model inferred 1.6x faster channels_last (as a frozen
+    graph) than in the default layout. fp32 *training* keeps the default layout: there,
+    oneDNN's AVX2 1x1-convolution weight gradient on NHWC tensors spun forever (a tiny
+    histonet's shortcut convs, torch 2.13.0), and a hung run is worse than a slower one. CPUs
+    without AVX2 keep the default layout, which has not been measured slower there.
+    ``HISTODETECT_CPU_NHWC=0|1`` overrides the choice for CPU fp32 inference.
+    """
+    if device_type == "cuda" or precision == "bf16-mixed":
+        return True
+    if training:
+        return False
+    return device_type == "cpu" and _detected(ENV_CPU_NHWC, CPU_NHWC_FP32_FLAGS)
 
 
 def autocast(device_type: str, precision: str) -> AbstractContextManager[object]:

@@ -91,20 +91,46 @@ def test_bad_train_option_is_one_sentence_and_leaves_no_run_folder(
 # ----------------------------------------------------------------------------- D: stopped runs
 
 
+# The child for Ctrl-C: the train command with a callback that raises SIGINT in the main thread
+# at step 3, as a terminal's Ctrl-C reaches a foreground process. A SIGINT sent from outside
+# once last.ckpt appeared was sometimes not acted on (the child trained on, early stopping
+# ended it and it exited 0; cause not found), which made this case flaky: the step it stops
+# at is now fixed, and with --early-stop 0 a lost signal fails by timeout instead of passing.
+CTRL_C_CHILD = """
+import signal, sys
+import lightning as L
+from histodetect.cli.main import main
+from histodetect.training import fit as fit_module
+
+class CtrlC(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == 3:
+            signal.raise_signal(signal.SIGINT)
+
+real_callbacks = fit_module._callbacks
+fit_module._callbacks = lambda *a: [*real_callbacks(*a), CtrlC()]
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def _train_then_signal(store: Path, out: Path, signum: int) -> subprocess.CompletedProcess[str]:
-    """Start a long tiny run in a child process, send `signum` once its first checkpoint is on
-    disk, and return how the child ended."""
-    argv = [sys.executable, "-m", "histodetect", "train", "--data", str(store), "--out", str(out),
-            *TINY, "--epochs", "1000", "--batch-size", "16", "--checkpoint-every-steps", "1",
-            "--no-progress"]  # fmt: skip
+    """Start a long tiny run in a child process and stop it: SIGTERM is sent from outside once
+    its first checkpoint is on disk; SIGINT is Ctrl-C at step 3 (CTRL_C_CHILD). Returns how
+    the child ended."""
+    train = ["train", "--data", str(store), "--out", str(out), *TINY, "--epochs", "1000",
+             "--batch-size", "16", "--checkpoint-every-steps", "1", "--early-stop", "0",
+             "--no-progress"]  # fmt: skip
+    launcher = ["-m", "histodetect"] if signum != signal.SIGINT else ["-c", CTRL_C_CHILD]
+    argv = [sys.executable, *launcher, *train]
     child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while not (out / "checkpoints" / "last.ckpt").is_file():
-            assert child.poll() is None, child.communicate()[1]
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.05)
-        child.send_signal(signum)
+        if signum != signal.SIGINT:
+            deadline = time.monotonic() + 120
+            while not (out / "checkpoints" / "last.ckpt").is_file():
+                assert child.poll() is None, child.communicate()[1]
+                assert time.monotonic() < deadline, "no checkpoint after 120 s"
+                time.sleep(0.05)
+            child.send_signal(signum)
         stdout, stderr = child.communicate(timeout=120)
     finally:
         if child.poll() is None:

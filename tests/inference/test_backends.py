@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import torch
 
+from histodetect import hardware
 from histodetect.augment import apply_d4
 from histodetect.errors import HistodetectError
 from histodetect.inference.backends import check_device_name, d4_view_nhwc
 from histodetect.inference.backends.onnx import providers_for
-from histodetect.inference.backends.torch import TorchBackend, fused_cpu_bf16
+from histodetect.inference.backends.torch import TorchBackend, fused_cpu_graph
 from histodetect.inference.predictor import Predictor
 from histodetect.models import ModelSpec, build_model, model_names, tiny_model_kwargs
 from onnx_models import save_tiny_model
@@ -114,16 +115,37 @@ def test_devices_are_checked_for_every_backend(tiny_onnx: Path) -> None:
         Predictor(tiny_onnx, precision="bf16-mixed")
 
 
-@pytest.mark.parametrize(("flag", "expected"), [("1", "bf16-mixed"), ("0", "32-true")])
-def test_auto_precision_follows_the_cpu(
-    flag: str, expected: str, tiny_onnx: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("flag", "cpu_flags", "expected", "nhwc"),
+    [
+        ("1", {"avx512_bf16"}, "bf16-mixed", True),
+        ("0", {"avx2", "fma"}, "32-true", True),  # fp32 NHWC measured faster with AVX2
+        ("0", {"neon"}, "32-true", False),  # not measured: the default layout
+    ],
+)
+def test_auto_precision_and_layout_follow_the_cpu(
+    flag: str,
+    cpu_flags: set[str],
+    expected: str,
+    nhwc: bool,
+    tiny_onnx: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("HISTODETECT_CPU_BF16", flag)
+    monkeypatch.delenv(hardware.ENV_CPU_NHWC, raising=False)
+    monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset(cpu_flags))
     predictor = Predictor(tiny_onnx.with_suffix(".pt"), device="cpu")
     assert predictor.description.startswith(f"cpu, torch {expected}")
+    assert predictor.description.endswith("fused graph") == nhwc
     first = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d))
     channels_last = first.weight.is_contiguous(memory_format=torch.channels_last)
-    assert channels_last == (expected == "bf16-mixed")
+    assert channels_last == nhwc
+    # fp32 training keeps the default layout on every CPU: on NHWC tensors oneDNN's AVX2
+    # 1x1-conv weight gradient spun forever (a tiny histonet, torch 2.13.0; a hung run)
+    assert hardware.use_channels_last("cpu", expected, training=True) == (expected != "32-true")
+    if expected == "32-true":  # the layout of fp32 inference can be forced either way
+        monkeypatch.setenv(hardware.ENV_CPU_NHWC, "0" if nhwc else "1")
+        assert hardware.use_channels_last("cpu", expected) != nhwc
     pixels = np.random.default_rng(0).integers(0, 256, (2, 96, 96, 3), dtype=np.uint8)
     assert predictor.predict_pixels(pixels).shape == (2,)
     with pytest.raises(HistodetectError, match="--precision 'fp8' is not one of"):
@@ -139,8 +161,9 @@ def test_cpu_bf16_runs_every_family_as_a_fused_graph(name: str, rng: np.random.G
     model = build_model(spec).eval()
     fast = TorchBackend(model, spec, torch.device("cpu"), "bf16-mixed")
     assert fast.fused is not None and fast.description.endswith("fused graph")
-    exact = TorchBackend(build_model(spec).eval(), spec, torch.device("cpu"), "32-true")
-    exact.model.load_state_dict(model.state_dict())
+    twin = build_model(spec).eval()
+    twin.load_state_dict(model.state_dict())  # before the backend: a fused graph is a copy
+    exact = TorchBackend(twin, spec, torch.device("cpu"), "32-true")
     for n in (1, 5):  # batch sizes other than the traced one
         pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
         got, expected = fast.logits(pixels, tta=True), exact.logits(pixels, tta=True)
@@ -149,9 +172,35 @@ def test_cpu_bf16_runs_every_family_as_a_fused_graph(name: str, rng: np.random.G
     assert fast.logits(pixels[:0], tta=False).shape == (0,)
 
 
+@pytest.mark.parametrize("name", model_names())
+def test_cpu_fp32_fused_graph_gives_the_eager_values(
+    name: str, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fp32 on an AVX2 CPU runs a frozen channels_last graph (BN folded): same values as eager."""
+    if name == "timm":
+        pytest.importorskip("timm")
+    torch.manual_seed(0)
+    spec = ModelSpec(name, tiny_model_kwargs(name), crop_px=64, mean=(0.6, 0.5, 0.6))
+    model = build_model(spec).eval()
+    monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset({"avx2"}))
+    fast = TorchBackend(model, spec, torch.device("cpu"), "32-true")
+    assert fast.fused is not None and fast.description == "cpu, torch 32-true, fused graph"
+    monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset())
+    twin = build_model(spec).eval()
+    twin.load_state_dict(model.state_dict())
+    eager = TorchBackend(twin, spec, torch.device("cpu"), "32-true")
+    assert eager.fused is None
+    for n in (1, 5):  # batch sizes other than the traced one
+        pixels = rng.integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+        got, expected = fast.logits(pixels, tta=True), eager.logits(pixels, tta=True)
+        assert got.shape == (n, 8) and got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
 def test_a_model_that_cannot_be_traced_runs_eagerly() -> None:
     class DictOut(torch.nn.Module):
         def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
             return {"logits": x.mean(dim=(1, 2, 3))}
 
-    assert fused_cpu_bf16(DictOut(), 32) is None
+    assert fused_cpu_graph(DictOut(), 32) is None
+    assert fused_cpu_graph(DictOut(), 32, torch.float32) is None
