@@ -78,9 +78,9 @@ def test_content_decides_not_the_name(make_client: Any, valid_patches: list[Path
     proper = client.post("/v1/predict", files=[upload(jpeg)])
     assert named.status_code == 200
     assert named.json()["predictions"][0]["id"] == "looks-like"
-    assert (
-        named.json()["predictions"][0]["probability"]
-        == proper.json()["predictions"][0]["probability"]
+    # The same image (oneDNN's fused fp32 graph may differ in the last bits between batches)
+    assert named.json()["predictions"][0]["probability"] == pytest.approx(
+        proper.json()["predictions"][0]["probability"], abs=1e-6
     )
     folders = client.post("/v1/predict", files=[upload(jpeg, "C:\\scans\\../x/y.jpg")])
     assert folders.json()["predictions"][0]["id"] == "y"
