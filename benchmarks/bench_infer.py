@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 
@@ -70,11 +71,8 @@ def predictors(source: Path, folder: Path, device: str, batch: int) -> dict[str,
         int8 = fp32
     common = {"device": device, "batch_size": batch}
     auto = Predictor(source, **common)
-    os.environ[ENV_CPU_NHWC] = "0"  # the baseline: fp32 in the default layout, eagerly
-    try:
+    with patch.dict(os.environ, {ENV_CPU_NHWC: "0"}):  # the baseline: eager, default layout
         baseline = Predictor(source, precision="32-true", **common)
-    finally:
-        del os.environ[ENV_CPU_NHWC]
     return {
         "torch fp32 (eager, NCHW)": baseline,
         f"torch auto ({auto.description.split('torch ')[-1]})": auto,

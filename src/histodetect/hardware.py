@@ -46,6 +46,10 @@ def _detected(env: str, flags: tuple[str, ...]) -> bool:
     forced = os.environ.get(env)
     if forced in ("0", "1"):
         return forced == "1"
+    if forced:  # a typo ("yes", "true") was silently ignored and the CPU's flags used instead
+        raise HistodetectError(
+            f"{env}={forced!r} is not 0 or 1: set it to 0 or 1, or unset it to use the CPU's flags."
+        )
     return any(flag in _cpuinfo_flags() for flag in flags)
 
 

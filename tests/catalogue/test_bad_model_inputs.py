@@ -328,3 +328,38 @@ def test_full_range_int8_graph_is_refused_on_a_cpu_without_vnni(
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     monkeypatch.setenv("HISTODETECT_CPU_VNNI", "1")
     Predictor(old, device="cpu")  # VNNI computes full-range weights exactly
+
+
+@pytest.mark.parametrize(
+    "env", ["HISTODETECT_CPU_BF16", "HISTODETECT_CPU_VNNI", "HISTODETECT_CPU_NHWC"]
+)
+def test_a_cpu_override_that_is_not_0_or_1_is_refused(
+    env: str,
+    run: Path,
+    store: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """HISTODETECT_CPU_BF16=yes (or any value but 0/1) was silently ignored and the CPU's flags
+    used instead: the user thought they had forced a path and had not."""
+    from histodetect import hardware
+    from histodetect.errors import HistodetectError
+
+    monkeypatch.setenv(env, "yes")
+    checks = {
+        "HISTODETECT_CPU_BF16": hardware.cpu_has_native_bf16,
+        "HISTODETECT_CPU_VNNI": hardware.cpu_has_vnni,
+        "HISTODETECT_CPU_NHWC": lambda: hardware.use_channels_last("cpu", "32-true"),
+    }
+    with pytest.raises(HistodetectError, match=f"{env}='yes' is not 0 or 1"):
+        checks[env]()
+    if env != "HISTODETECT_CPU_VNNI":  # VNNI is read for int8 ONNX files only
+        out = tmp_path / "p.csv"
+        argv = ["predict", str(store), "--model", str(run), "--out", str(out), "--no-progress"]
+        precision = "auto" if env == "HISTODETECT_CPU_BF16" else "32-true"  # where each is read
+        code = main([*argv, "--precision", precision])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and not out.exists(), err
+        assert env in err and "set it to 0 or 1" in err, err
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
