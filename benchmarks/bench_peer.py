@@ -7,10 +7,11 @@ The write-up's model (3 x Conv2D(3x3, relu) + MaxPool(2), 32-64-128, Flatten, De
 Dropout(0.5), Dense(1, sigmoid)) runs in Keras 3 / tensorflow-cpu, which this script installs
 into its own virtual environment under benchmarks/.peer-env (git-ignored; not a project
 dependency). Against it: this project's seed_cnn (the same model) and histocnn (the default)
-at the `auto` path (bf16 autocast + channels_last on CPUs with native bf16), seed_cnn in eager
-fp32 (NCHW), and ONNX Runtime (inference; seed_cnn also in int8, `histodetect export
---int8-calibration`, calibrated on 256 real training patches of ../shared/data/pcam-subset
-when it is there).
+at the `auto` path (bf16 autocast + channels_last on CPUs with native bf16; fp32 elsewhere,
+channels_last where `histodetect.hardware.use_channels_last` says), seed_cnn at `32-true`
+(the same as `auto` on CPUs without native bf16), and ONNX Runtime (inference; seed_cnn also
+in int8, `histodetect export --int8-calibration`, calibrated on 256 real training patches of
+../shared/data/pcam-subset when it is there).
 
 Method: one persistent worker process per framework and setting (TF default; TF best =
 oneDNN on + mixed_bfloat16; torch; onnxruntime), each builds its models and warms up first;
@@ -182,7 +183,7 @@ class TorchTimer:
             return _timed(lambda: backend.logits(self.pixels, False), n, BATCH_INFER)
         x = torch.randn(BATCH_TRAIN, 3, size, size)
         layout = torch.contiguous_format  # as `train` runs it (hardware.use_channels_last)
-        if use_channels_last("cpu", backend.precision, training=True):
+        if use_channels_last("cpu", backend.precision, training=True, model=backend.model):
             layout = torch.channels_last
         x = x.contiguous(memory_format=layout)
         model = backend.model.to(memory_format=layout).train()

@@ -4,7 +4,9 @@ Usage: python benchmarks/bench_train.py [--model histonet_s] [--batch-size 128] 
        [--data STORE] [--compile] [--device auto|cpu|cuda]
 
 compute-only: the model, AdamW and BCE on one random, already-normalised batch on the device
-(bf16 autocast and channels_last on CUDA), no data movement, no augmentation.
+in the precision and memory layout `train` picks there (`histodetect.hardware`: bf16 autocast
+and channels_last on CUDA and on CPUs with native bf16; fp32, channels_last on AVX2 CPUs
+without AVX-512), no data movement, no augmentation.
 real step: `histodetect.training` as `histodetect train` runs it (batches gathered from the
 store tensor, D4 + HED + colour augmentation on the device, metrics, logging), timed over
 steady-state steps by a callback. Prints img/s of both and their ratio.
@@ -28,20 +30,22 @@ from histodetect.models import create_model
 def compute_only(
     model_name: str, batch: int, steps: int, device: torch.device, compile_: bool
 ) -> float:
+    from histodetect.hardware import autocast, resolve_precision, use_channels_last
+
     model = create_model(model_name, input_size_px=96).to(device)
     x = torch.randn(batch, 3, 96, 96, device=device)
     y = torch.randint(0, 2, (batch,), device=device).float()
-    if device.type == "cuda":
+    precision = resolve_precision("auto", device.type)  # what `train` picks on this device
+    if use_channels_last(device.type, precision, training=True, model=model):
         model, x = (
             model.to(memory_format=torch.channels_last),
             x.contiguous(memory_format=torch.channels_last),
         )  # type: ignore[call-overload]
     step_model: Any = torch.compile(model) if compile_ else model
     opt = torch.optim.AdamW(model.parameters(), 1e-3)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
     def step() -> None:
-        with autocast:
+        with autocast(device.type, precision):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(step_model(x).float(), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

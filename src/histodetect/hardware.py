@@ -10,8 +10,12 @@ import functools
 import os
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from histodetect.errors import HistodetectError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 """CPU feature flags (as Linux names them in /proc/cpuinfo) that mean native bf16 matmuls."""
@@ -23,6 +27,8 @@ ENV_CPU_BF16 = "HISTODETECT_CPU_BF16"
 """Set to 0 or 1 to override the detection (tests, or a CPU whose flags are hidden)."""
 CPU_NHWC_FP32_FLAGS = ("avx2",)
 """CPU flags under which oneDNN's fp32 convolutions run faster on channels_last (NHWC) tensors."""
+CPU_NHWC_FP32_TRAINING_UNMEASURED = frozenset({"avx512f"})
+"""CPU flags under which channels_last fp32 training has not been measured (the default layout)."""
 ENV_CPU_NHWC = "HISTODETECT_CPU_NHWC"
 """Set to 0 or 1 to override whether fp32 inference on this CPU runs channels_last (NHWC)."""
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
@@ -93,23 +99,54 @@ def resolve_precision(requested: str, device_type: str) -> str:
     return auto_precision(device_type) if requested == "auto" else requested
 
 
-def use_channels_last(device_type: str, precision: str, *, training: bool = False) -> bool:
-    """channels_last where it measures faster: GPUs, CPU bf16, and CPU fp32 inference on x86
-    with AVX2.
+def use_channels_last(
+    device_type: str, precision: str, *, training: bool = False, model: nn.Module | None = None
+) -> bool:
+    """channels_last where it measures faster: GPUs, CPU bf16, CPU fp32 inference on x86 with
+    AVX2, and CPU fp32 training on AVX2 CPUs without AVX-512 for models oneDNN trains right.
 
     oneDNN's fast CPU kernels are NHWC. In fp32 on a 2-vCPU AMD EPYC with AVX2 and no AVX-512
     (docs/BENCHMARKS.md) the bundled model inferred 1.6x faster channels_last (as a frozen
-    graph) than in the default layout. fp32 *training* keeps the default layout: there,
-    oneDNN's AVX2 1x1-convolution weight gradient on NHWC tensors spun forever (a tiny
-    histonet's shortcut convs, torch 2.13.0), and a hung run is worse than a slower one. CPUs
-    without AVX2 keep the default layout, which has not been measured slower there.
-    ``HISTODETECT_CPU_NHWC=0|1`` overrides the choice for CPU fp32 inference.
+    graph) than in the default layout, and a training step of the write-up's CNN ran 1.5x
+    faster (histocnn 1.1x). fp32 *training* needs `model`: it runs channels_last only when
+    `nhwc_fp32_training_is_safe(model)` (oneDNN's AVX2 weight gradient of strided 1x1 convs
+    with few input channels is wrong, hangs or crashes on NHWC tensors), and not on AVX-512
+    CPUs, where it has not been measured. CPUs without AVX2 keep the default layout.
+    ``HISTODETECT_CPU_NHWC=0|1`` overrides the CPU's flags (not the model check).
     """
     if device_type == "cuda" or precision == "bf16-mixed":
         return True
-    if training:
+    if device_type != "cpu" or not _detected(ENV_CPU_NHWC, CPU_NHWC_FP32_FLAGS):
         return False
-    return device_type == "cpu" and _detected(ENV_CPU_NHWC, CPU_NHWC_FP32_FLAGS)
+    if not training:
+        return True
+    measured = os.environ.get(ENV_CPU_NHWC) == "1" or not (
+        CPU_NHWC_FP32_TRAINING_UNMEASURED & _cpuinfo_flags()
+    )
+    return measured and model is not None and nhwc_fp32_training_is_safe(model)
+
+
+def nhwc_fp32_training_is_safe(model: nn.Module) -> bool:
+    """False when `model` has a convolution oneDNN's AVX2 kernels train wrong on NHWC tensors.
+
+    Measured on an AVX2-only AMD EPYC (torch 2.13.0, oneDNN's `jit_avx2_1x1_convolution_bwd_
+    weights_t`): the weight gradient of a 1x1 convolution with stride 2 and 2 to 7 input
+    channels on channels_last tensors came out wrong (relative error 0.3-4.7), hung or
+    segfaulted, depending on the size; NCHW, 3x3 kernels, stride 1 and 1 or 8+ input channels
+    were right. So: no strided 1x1 convolution with fewer than 8 input channels (a SIMD
+    register of fp32), and no grouped convolutions (not measured).
+    """
+    from torch import nn
+
+    for module in model.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        if module.groups != 1:
+            return False
+        strided = any(s > 1 for s in module.stride)
+        if module.kernel_size == (1, 1) and strided and module.in_channels < 8:
+            return False
+    return True
 
 
 def autocast(device_type: str, precision: str) -> AbstractContextManager[object]:

@@ -363,3 +363,32 @@ def test_a_cpu_override_that_is_not_0_or_1_is_refused(
         assert code == 2 and not out.exists(), err
         assert env in err and "set it to 0 or 1" in err, err
         assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+
+
+def test_convolutions_onednn_trains_wrong_on_nhwc_keep_the_default_layout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On an AVX2 CPU (AMD EPYC, torch 2.13.0), oneDNN's channels_last weight gradient of a
+    1x1 convolution with stride 2 and 2-7 input channels came out wrong (relative error
+    0.3-4.7), hung or segfaulted: a model with such a layer (the test suite's tiny histonet
+    shortcut, 4 -> 8) trains in fp32 in the default layout, as does one with grouped
+    convolutions (not measured)."""
+    from histodetect import hardware
+    from histodetect.models import ModelSpec, build_model
+
+    monkeypatch.delenv(hardware.ENV_CPU_NHWC, raising=False)
+    monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset({"avx2", "fma"}))
+
+    def trains_nhwc(model: torch.nn.Module) -> bool:
+        return hardware.use_channels_last("cpu", "32-true", training=True, model=model)
+
+    tiny_histonet = build_model(ModelSpec("histonet", tiny_model_kwargs("histonet")))
+    assert not hardware.nhwc_fp32_training_is_safe(tiny_histonet) and not trains_nhwc(tiny_histonet)
+    for in_channels, stride, safe in [(4, 2, False), (7, 2, False), (8, 2, True), (4, 1, True)]:
+        conv = torch.nn.Conv2d(in_channels, 8, 1, stride=stride)
+        assert hardware.nhwc_fp32_training_is_safe(conv) == safe, (in_channels, stride)
+    assert not hardware.nhwc_fp32_training_is_safe(torch.nn.Conv2d(8, 8, 3, groups=8))
+    monkeypatch.setenv(hardware.ENV_CPU_NHWC, "1")  # forcing the layout does not skip the check
+    assert not trains_nhwc(tiny_histonet)
+    histocnn = build_model(ModelSpec("histocnn", tiny_model_kwargs("histocnn")))
+    assert trains_nhwc(histocnn)

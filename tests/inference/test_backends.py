@@ -140,9 +140,20 @@ def test_auto_precision_and_layout_follow_the_cpu(
     first = next(m for m in predictor.model.modules() if isinstance(m, torch.nn.Conv2d))
     channels_last = first.weight.is_contiguous(memory_format=torch.channels_last)
     assert channels_last == nhwc
-    # fp32 training keeps the default layout on every CPU: on NHWC tensors oneDNN's AVX2
-    # 1x1-conv weight gradient spun forever (a tiny histonet, torch 2.13.0; a hung run)
+    # fp32 training: channels_last on AVX2 CPUs without AVX-512 (measured faster there), and
+    # only for a model whose convolutions oneDNN's NHWC kernels train right
+    histocnn = build_model(ModelSpec("histocnn", tiny_model_kwargs("histocnn")))
+    train_nhwc = hardware.use_channels_last("cpu", expected, training=True, model=histocnn)
+    assert train_nhwc == nhwc
     assert hardware.use_channels_last("cpu", expected, training=True) == (expected != "32-true")
+    if expected == "32-true" and nhwc:  # not measured on AVX-512: the default layout
+        monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset({*cpu_flags, "avx512f"}))
+        assert not hardware.use_channels_last("cpu", expected, training=True, model=histocnn)
+        assert hardware.use_channels_last("cpu", expected)  # inference is measured faster there
+        monkeypatch.setenv(hardware.ENV_CPU_NHWC, "1")
+        assert hardware.use_channels_last("cpu", expected, training=True, model=histocnn)
+        monkeypatch.delenv(hardware.ENV_CPU_NHWC)
+        monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset(cpu_flags))
     if expected == "32-true":  # the layout of fp32 inference can be forced either way
         monkeypatch.setenv(hardware.ENV_CPU_NHWC, "0" if nhwc else "1")
         assert hardware.use_channels_last("cpu", expected) != nhwc
@@ -204,3 +215,41 @@ def test_a_model_that_cannot_be_traced_runs_eagerly() -> None:
 
     assert fused_cpu_graph(DictOut(), 32) is None
     assert fused_cpu_graph(DictOut(), 32, torch.float32) is None
+
+
+def _gradients(model: torch.nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(x).float().sum().backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [
+        ("histocnn", None),  # the default model at its real widths
+        ("histocnn", "tiny"),
+        ("seed_cnn", "tiny"),
+        ("histonet", {"stage_widths": (8, 16), "blocks_per_stage": (1, 1)}),  # 1x1 shortcut, 8 in
+    ],
+)
+def test_channels_last_fp32_training_gives_the_default_layouts_gradients(
+    name: str, kwargs: dict | str | None
+) -> None:
+    """On this machine's real oneDNN kernels: every model the layout rule lets train
+    channels_last in fp32 gets the gradients the default layout gives (oneDNN's AVX2 weight
+    gradient of strided 1x1 convs with 2-7 input channels was wrong by up to 4.7x on NHWC)."""
+    model_kwargs = tiny_model_kwargs(name) if kwargs == "tiny" else dict(kwargs or {})
+    torch.manual_seed(0)
+    model = build_model(ModelSpec(name, model_kwargs)).train()
+    assert hardware.nhwc_fp32_training_is_safe(model)
+    x = torch.randn(6, 3, 96, 96)
+    torch.manual_seed(1)  # the same dropout masks for both layouts
+    expected = _gradients(model, x)
+    model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    torch.manual_seed(1)
+    got = _gradients(model, x.contiguous(memory_format=torch.channels_last))
+    assert got.keys() == expected.keys()
+    for key, grad in expected.items():  # fp32 rounding differs by layout, and a ReLU input
+        # within rounding of 0 can gate the other way (up to 4e-3 of the largest gradient seen)
+        scale = grad.abs().max().clamp_min(1e-6)
+        assert ((got[key] - grad).abs().max() / scale).item() < 2e-2, key

@@ -86,7 +86,9 @@ class PatchClassifier(L.LightningModule):
         self._generator.manual_seed(self.config.seed * 1000 + self.global_rank)
         if self._saved_rng is not None:  # a resumed run whose checkpoint was restored first
             self._restore_rng()
-        self.channels_last = use_channels_last(self.device.type, self._precision(), training=True)
+        self.channels_last = use_channels_last(
+            self.device.type, self._precision(), training=True, model=self.model
+        )
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
             if self.ema is not None:
