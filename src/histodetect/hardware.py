@@ -107,11 +107,11 @@ def use_channels_last(
 
     oneDNN's fast CPU kernels are NHWC. In fp32 on a 2-vCPU AMD EPYC with AVX2 and no AVX-512
     (docs/BENCHMARKS.md) the bundled model inferred 1.6x faster channels_last (as a frozen
-    graph) than in the default layout, and a training step of the write-up's CNN ran 1.5x
-    faster (histocnn 1.1x). fp32 *training* needs `model`: it runs channels_last only when
-    `nhwc_fp32_training_is_safe(model)` (oneDNN's AVX2 weight gradient of strided 1x1 convs
-    with few input channels is wrong, hangs or crashes on NHWC tensors), and not on AVX-512
-    CPUs, where it has not been measured. CPUs without AVX2 keep the default layout.
+    graph) than in the default layout, a training step of the write-up's CNN ran 1.3-1.7x
+    faster, and the default histocnn trained 1.2x faster end to end. fp32 *training* needs
+    `model`: it runs channels_last only when `nhwc_fp32_training_is_safe(model)` (oneDNN's
+    AVX2 weight gradient of strided 1x1 convs with few input channels is wrong, hangs or
+    crashes on NHWC tensors), and not on AVX-512 CPUs, where it has not been measured. CPUs without AVX2 keep the default layout.
     ``HISTODETECT_CPU_NHWC=0|1`` overrides the CPU's flags (not the model check).
     """
     if device_type == "cuda" or precision == "bf16-mixed":
