@@ -30,7 +30,8 @@ CPU_NHWC_FP32_FLAGS = ("avx2",)
 CPU_NHWC_FP32_TRAINING_UNMEASURED = frozenset({"avx512f"})
 """CPU flags under which channels_last fp32 training has not been measured (the default layout)."""
 ENV_CPU_NHWC = "HISTODETECT_CPU_NHWC"
-"""Set to 0 or 1 to override whether fp32 inference on this CPU runs channels_last (NHWC)."""
+"""Set to 0 or 1 to override whether fp32 on this CPU runs channels_last (NHWC), for inference
+and, where the model allows it (`nhwc_fp32_training_is_safe`), training."""
 PRECISIONS = ("auto", "32-true", "bf16-mixed")
 """Precisions every command accepts; `auto` picks per device with `auto_precision`."""
 
@@ -111,8 +112,9 @@ def use_channels_last(
     faster, and the default histocnn trained 1.2x faster end to end. fp32 *training* needs
     `model`: it runs channels_last only when `nhwc_fp32_training_is_safe(model)` (oneDNN's
     AVX2 weight gradient of strided 1x1 convs with few input channels is wrong, hangs or
-    crashes on NHWC tensors), and not on AVX-512 CPUs, where it has not been measured. CPUs without AVX2 keep the default layout.
-    ``HISTODETECT_CPU_NHWC=0|1`` overrides the CPU's flags (not the model check).
+    crashes on NHWC tensors), and not on AVX-512 CPUs, where it has not been measured. CPUs
+    without AVX2 keep the default layout. ``HISTODETECT_CPU_NHWC=0|1`` overrides the CPU's
+    flags (not the model check).
     """
     if device_type == "cuda" or precision == "bf16-mixed":
         return True
