@@ -4,7 +4,7 @@ histocnn and seed_cnn run each block's last ReLU after its max-pool: max(relu(a)
 relu(max(a, b)) exactly (ReLU is monotone), with the same gradients, so the network is the
 textbook conv-ReLU-pool one while the ReLU and its backward pass touch a quarter of the values
 (7-10% faster training steps on CPU; docs/BENCHMARKS.md, issue 10). Graph builders want the
-textbook order back: oneDNN's fused bf16 graph (`inference.backends.torch.fused_cpu_graph`) fuses
+textbook order back: oneDNN's fused CPU graph (`inference.backends.torch.fused_cpu_graph`) fuses
 conv + BN + ReLU and cannot add a ReLU after a pool, and ONNX Runtime's int8 quantiser
 mishandles MaxPool -> Relu (probabilities off by up to 0.99), so both build from
 `relu_before_pool(model)`.
