@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         help="share of the teacher's probability in the target (default 0.7; needs --teacher)",
     )
+    parser.add_argument(
+        "--init",
+        metavar="MODEL",
+        help="fine-tune: start from this model's weights and preprocessing (a run folder, "
+        "model.pt, or 'bundled'); its network is trained, so --model, --model-kwargs and "
+        "--crop may be left out",
+    )
     parser.add_argument("--accelerator", help="cpu, gpu or auto (default)")
     parser.add_argument("--devices", help="number of devices per node, or auto")
     parser.add_argument("--num-nodes", type=int)
@@ -152,7 +159,7 @@ RECIPE_OPTIONS = {"data": "--data", "out": "--out", "model": "--model", "model_k
     "weight_decay": "--weight-decay", "optimizer": "--optimizer", "schedule": "--schedule",
     "augment": "--augment", "early_stop_patience": "--early-stop", "valid_fraction": "--valid-fraction",
     "max_steps_per_epoch": "--max-steps-per-epoch", "checkpoint_every_steps": "--checkpoint-every-steps",
-    "mpp": "--mpp", "ema_decay": "--ema-decay", "teacher": "--teacher", "distill_weight": "--distill-weight",
+    "mpp": "--mpp", "ema_decay": "--ema-decay", "teacher": "--teacher", "distill_weight": "--distill-weight", "init": "--init",
     "accelerator": "--accelerator", "devices": "--devices", "num_nodes": "--num-nodes",
     "strategy": "--strategy", "precision": "--precision", "compile": "--compile"}  # fmt: skip
 """Options a resumed run takes from its config.json instead (given with --resume, refused)."""
@@ -174,6 +181,22 @@ def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
         )
 
 
+def _init_overrides(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
+    """--init: its path made absolute (`bundled` as is) and its network (model, builder
+    options, crop), so the run trains that network; a preset that names another is refused."""
+    from histodetect.training.config import PRESETS
+    from histodetect.training.finetune import BUNDLED, init_recipe
+
+    init = args.init if args.init == BUNDLED else str(Path(args.init).resolve())
+    wanted = {k: given.get(k) for k in ("model", "model_kwargs", "crop_px")}
+    flags: dict[str, str] = {}
+    for key in ("model", "crop_px"):
+        if wanted[key] is None and key in PRESETS[args.preset]:
+            wanted[key] = PRESETS[args.preset][key]  # --preset seed names seed_cnn
+            flags[key] = f"--preset {args.preset}"
+    return {**init_recipe(init, wanted, flags), "init": init}
+
+
 def run(args: argparse.Namespace) -> int:
     from histodetect.errors import HistodetectError
     from histodetect.training.config import resolve_config
@@ -188,7 +211,7 @@ def run(args: argparse.Namespace) -> int:
                 "give --data STORE and --out RUN_FOLDER (or --resume RUN_FOLDER)."
             )
         # The recipe options as given; data, out, augment and teacher need reading first.
-        given_as_is = set(RECIPE_OPTIONS) - {"data", "out", "augment", "teacher"}
+        given_as_is = set(RECIPE_OPTIONS) - {"data", "out", "augment", "teacher", "init"}
         overrides = {k: getattr(args, k) for k in given_as_is}
         if args.distill_weight is not None and args.teacher is None:
             raise HistodetectError(
@@ -201,6 +224,8 @@ def run(args: argparse.Namespace) -> int:
                     f"--teacher {args.teacher} does not exist; give a run folder or model file."
                 )
             overrides["teacher"] = str(args.teacher.resolve())
+        if args.init is not None:
+            overrides.update(_init_overrides(args, overrides))
         overrides["augment"] = _augment(args.augment)
         overrides["seed"] = args.seed
         config = resolve_config(str(args.data), str(args.out), args.preset, **overrides)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
@@ -132,4 +133,24 @@ def check_no_leak(store: PatchStore, train: np.ndarray, valid: np.ndarray) -> No
             f"leak: {plural(len(shared), 'patch')} {'appears' if len(shared) == 1 else 'appear'} "
             "in both training and validation "
             f"(e.g. {shared[0]}); ingest with --drop-duplicates or fix the splits."
+        )
+
+
+def warn_if_trained_on_another_split(
+    what: str, metadata: dict[str, Any], store: PatchStore, split: Split
+) -> None:
+    """Warn when a model (`what`: "the teacher runs/a", "--init runs/a"), whose training
+    `metadata` are given, was trained on `store` with another split than `split`: it may have
+    trained on patches `split` validates on, which makes validation figures optimistic."""
+    if metadata.get("store_fingerprint") != store.fingerprint or "n_valid" not in metadata:
+        return
+    theirs = (metadata.get("split_method"), metadata.get("n_valid"))
+    if theirs != (split.method, len(split.valid)):
+        warnings.warn(
+            f"{what} was trained on this store with another split ({theirs[0]}, {theirs[1]} "
+            f"validation patches; this run: {split.method}, {len(split.valid)}), so it may "
+            "have trained on patches this run validates on, which would make the validation "
+            "figures optimistic; give both the same --seed and --valid-fraction",
+            OptimisticSplitWarning,
+            stacklevel=3,
         )

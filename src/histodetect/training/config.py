@@ -54,6 +54,8 @@ class TrainConfig:
             learns (knowledge distillation, see `histodetect.training.distill`); None = off.
         distill_weight: share of the teacher's probability in the target,
             ``(1 - w) * label + w * teacher``; used only with a teacher.
+        init: a model file (or ``bundled``) whose weights and preprocessing the run starts
+            from (fine-tuning, see `histodetect.training.finetune`); None = random weights.
     """
 
     data: str
@@ -87,6 +89,7 @@ class TrainConfig:
     data_on_device: str = "auto"
     teacher: str | None = None
     distill_weight: float = 0.7
+    init: str | None = None
 
     def __post_init__(self) -> None:
         _choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import csv
 import io
-import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from histodetect.atomic import write_text_atomic
-from histodetect.data.splits import OptimisticSplitWarning, Split
+from histodetect.data.splits import Split, warn_if_trained_on_another_split
 from histodetect.data.store import PatchStore
 from histodetect.errors import HistodetectError
 from histodetect.training.config import TrainConfig
@@ -128,18 +127,7 @@ def score_teacher(
     )  # fmt: skip
     if torch.cuda.is_available():
         torch.cuda.empty_cache()  # what the teacher held must not count against the data
-    if metadata.get("store_fingerprint") == store.fingerprint and "n_valid" in metadata:
-        theirs = (metadata.get("split_method"), metadata.get("n_valid"))
-        if theirs != (split.method, len(split.valid)):
-            warnings.warn(
-                f"the teacher {config.teacher} was trained on this store with another split "
-                f"({theirs[0]}, {theirs[1]} validation patches; this run: {split.method}, "
-                f"{len(split.valid)}), so it may have trained on patches this run validates "
-                "on, which would make the validation figures optimistic; give both the same "
-                "--seed and --valid-fraction",
-                OptimisticSplitWarning,
-                stacklevel=2,
-            )
+    warn_if_trained_on_another_split(f"the teacher {config.teacher}", metadata, store, split)
     return scored
 
 

@@ -18,6 +18,7 @@ import torch
 
 from histodetect import __version__
 from histodetect.data.inspection import channel_mean_std, check_pixels
+from histodetect.data.splits import warn_if_trained_on_another_split
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
@@ -27,6 +28,12 @@ from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.devices import check_runnable_here, lightning_refusal
 from histodetect.training.distill import TEACHER_FILE, score_teacher, teacher_targets
+from histodetect.training.finetune import (
+    init_spec,
+    init_weights,
+    load_init,
+    provenance,
+)
 from histodetect.training.interrupt import (
     CheckpointAtSigterm,
     run_interrupted,
@@ -209,8 +216,8 @@ def resume_config(run_dir: Path | str) -> TrainConfig:
 
 
 def _check_resumable(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
-    """The last checkpoint of an unfinished run, and the builder options of the network in it
-    (None for a checkpoint that does not record them).
+    """The last checkpoint of an unfinished run, and the ModelSpec (as a dict) of the network
+    in it (None for a checkpoint that does not record one).
 
     Raises:
         HistodetectError: a finished run, or a missing or damaged last checkpoint.
@@ -231,19 +238,22 @@ def _check_resumable(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
             "a new run."
         ) from exc
     spec = payload.get("hyper_parameters", {}).get("spec", {}) if isinstance(payload, dict) else {}
-    kwargs = spec.get("model_kwargs") if isinstance(spec, dict) else None
-    return last, dict(kwargs) if isinstance(kwargs, dict) else None
+    ok = isinstance(spec, dict) and isinstance(spec.get("model_kwargs"), dict)
+    return last, dict(spec) if ok else None
 
 
-def _resumed(run_dir: Path | str) -> tuple[TrainConfig, Path]:
-    """The config to resume `run_dir` with, and its last checkpoint. The network is the one in
-    the checkpoint, not today's defaults: config.json keeps only the model options given, and
-    a builder default may have changed since the run began."""
+def _resumed(run_dir: Path | str) -> tuple[TrainConfig, Path, ModelSpec | None]:
+    """The config to resume `run_dir` with, its last checkpoint, and the ModelSpec it trains
+    (None for an old checkpoint without one). The network and preprocessing are the
+    checkpoint's, not today's defaults or the store's statistics: config.json keeps only the
+    model options given, a builder default may have changed since the run began, and a run
+    from --init keeps that model's mean and std."""
     config = resume_config(run_dir)
-    ckpt_path, trained_kwargs = _check_resumable(Path(run_dir))
-    if trained_kwargs is not None:
-        config = dataclasses.replace(config, model_kwargs=trained_kwargs)
-    return config, ckpt_path
+    ckpt_path, trained = _check_resumable(Path(run_dir))
+    if trained is None:
+        return config, ckpt_path, None
+    config = dataclasses.replace(config, model_kwargs=dict(trained["model_kwargs"]))
+    return config, ckpt_path, ModelSpec.from_dict(trained)
 
 
 def check_trainable(config: TrainConfig, store: PatchStore, dm: PatchDataModule) -> None:
@@ -285,8 +295,9 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
 
     started = time.monotonic()
     ckpt_path = None
+    resumed_spec = None
     if resume:
-        config, ckpt_path = _resumed(config.out)
+        config, ckpt_path, resumed_spec = _resumed(config.out)
     run_dir = Path(config.out)
     store = open_store(config.data)
     L.seed_everything(config.seed, workers=False, verbose=False)
@@ -297,8 +308,18 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     print(f"data: {store.root} ({len(store)} patches); {datamodule.summary()}")
     # The network and the Trainer are built before the run folder: options that cannot build
     # them are refused with nothing left behind.
-    spec = _spec_for(config, store, datamodule.split.train)
+    init = load_init(config.init) if config.init is not None and not resume else None
+    if init is not None:
+        spec = init_spec(config, init)
+        where = f"--init {config.init}"
+        warn_if_trained_on_another_split(where, init.metadata, store, datamodule.split)
+    else:
+        spec = _spec_for(config, store, datamodule.split.train)
+        if resumed_spec is not None:
+            spec = resumed_spec
     module = PatchClassifier(spec.to_dict(), config.to_dict())
+    if init is not None:
+        init_weights(module, init)
     trainer = _trainer(config, run_dir, progress)
     if not resume:
         _check_run_dir(config)
@@ -313,7 +334,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     if resume and _is_primary_process():
         set_aside(run_dir)
     if trainer.global_rank == 0:
-        _write_run_info(run_dir, config, store, datamodule, resume)
+        extra = provenance(str(config.init), init) if init is not None else {}
+        _write_run_info(run_dir, config, store, datamodule, resume, extra)
     _train(trainer, module, datamodule, ckpt_path, run_dir)
     return _finish(trainer, run_dir, store, datamodule, started)
 
@@ -341,7 +363,12 @@ def _train(
 
 
 def _write_run_info(
-    run_dir: Path, config: TrainConfig, store: PatchStore, dm: PatchDataModule, resume: bool
+    run_dir: Path,
+    config: TrainConfig,
+    store: PatchStore,
+    dm: PatchDataModule,
+    resume: bool,
+    extra: dict[str, Any],
 ) -> None:
     if resume:
         info = json.loads((run_dir / "run_info.json").read_text())
@@ -363,6 +390,7 @@ def _write_run_info(
         "device": torch.cuda.get_device_name()
         if torch.cuda.is_available()
         else platform.processor() or "cpu",
+        **extra,
     }
     (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
 
