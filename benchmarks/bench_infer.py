@@ -75,7 +75,7 @@ def predictors(source: Path, folder: Path, device: str, batch: int) -> dict[str,
         baseline = Predictor(source, precision="32-true", **common)
     return {
         "torch fp32 (eager, NCHW)": baseline,
-        f"torch auto ({auto.description.split('torch ')[-1]})": auto,
+        f"auto ({auto.description.removeprefix('cpu, ')})": auto,
         "onnxruntime fp32": Predictor(fp32, **common),
         "onnxruntime int8": Predictor(int8, **common),
     }
@@ -121,6 +121,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--quality", type=int, default=0, metavar="PER_CLASS")
     args = parser.parse_args()
+    from histodetect.hardware import keep_freed_memory
+
+    keep_freed_memory()  # as every `histodetect` command does (HISTODETECT_KEEP_FREED_MEMORY=0: off)
     import onnxruntime
     import torch
 

@@ -8,7 +8,8 @@ Dropout(0.5), Dense(1, sigmoid)) runs in Keras 3 / tensorflow-cpu, which this sc
 into its own virtual environment under benchmarks/.peer-env (git-ignored; not a project
 dependency). Against it: this project's seed_cnn (the same model) and histocnn (the default)
 at the `auto` path (bf16 autocast + channels_last on CPUs with native bf16; fp32 elsewhere,
-channels_last where `histodetect.hardware.use_channels_last` says), seed_cnn at `32-true`
+channels_last where `histodetect.hardware.use_channels_last` says, and for inference an ONNX
+Runtime copy where `Predictor` at auto would take one), seed_cnn at `32-true`
 (the same as `auto` on CPUs without native bf16), and ONNX Runtime (inference; seed_cnn also
 in int8, `histodetect export --int8-calibration`, calibrated on 256 real training patches of
 ../shared/data/pcam-subset when it is there).
@@ -60,7 +61,7 @@ def _respond(message: dict[str, Any]) -> None:
 
 def _serve(timer: Any) -> None:
     """Answer {"task", "size", "config"} lines on stdin with {"img_s"} until stdin closes."""
-    _respond({"ready": timer.configs})
+    _respond({"ready": timer.configs, "paths": getattr(timer, "paths", {})})
     for line in sys.stdin:
         request = json.loads(line)
         _respond({"img_s": timer.time(request["config"], request["task"], request["size"])})
@@ -142,23 +143,34 @@ class TorchTimer:
             torch.set_num_threads(threads)
 
         from histodetect.export import export_onnx
+        from histodetect.inference.backends.auto import ENV_CACHE_DIR, faster_cpu_backend
         from histodetect.inference.backends.torch import TorchBackend
         from histodetect.models import ModelSpec, build_model
-        from histodetect.models.checkpoint import save_model
+        from histodetect.models.checkpoint import load_checkpoint, save_model
+
+        os.environ[ENV_CACHE_DIR] = str(onnx_folder / "cache")  # measured afresh in every run
 
         torch.manual_seed(0)
         self.torch, self.np = torch, np
         self.backends: dict[tuple[str, int], Any] = {}
+        self.infer_backends: dict[tuple[str, int], Any] = {}
+        self.paths: dict[str, str] = {}
         for config, (name, precision) in TORCH_CONFIGS.items():
             for size in sizes:
                 spec = ModelSpec(name, crop_px=size if size < 96 else None)
                 model = build_model(spec)
-                self.backends[(config, size)] = TorchBackend(
-                    model, spec, torch.device("cpu"), precision
-                )
-                if precision == "auto":  # the same weights for the ONNX Runtime worker
-                    path = onnx_folder / f"{name}-{size}.pt"
+                path = onnx_folder / f"{name}-{size}.pt"
+                if precision == "auto":
                     save_model(path, model, spec, {})
+                backend = TorchBackend(model, spec, torch.device("cpu"), precision)
+                self.backends[(config, size)] = self.infer_backends[(config, size)] = backend
+                if precision == "auto":
+                    # Inference as `Predictor` runs it at auto: an ONNX Runtime copy where it
+                    # measures faster on a CPU without native bf16 (inference/backends/auto.py).
+                    chosen = faster_cpu_backend(load_checkpoint(path), backend, "auto")
+                    self.infer_backends[(config, size)] = chosen
+                    self.paths[f"{config} {size} px"] = chosen.description
+                    # The same weights for the ONNX Runtime worker.
                     export_onnx(path, path.with_suffix(".onnx"), overwrite=True)
                     if name == "seed_cnn" and CALIBRATION.is_dir():
                         int8 = onnx_folder / f"{name} int8-{size}.onnx"
@@ -180,7 +192,8 @@ class TorchTimer:
         torch, backend = self.torch, self.backends[(config, size)]
         n = steps or STEPS[(task, size)]
         if task == "infer":
-            return _timed(lambda: backend.logits(self.pixels, False), n, BATCH_INFER)
+            infer = self.infer_backends[(config, size)]
+            return _timed(lambda: infer.logits(self.pixels, False), n, BATCH_INFER)
         x = torch.randn(BATCH_TRAIN, 3, size, size)
         layout = torch.contiguous_format  # as `train` runs it (hardware.use_channels_last)
         if use_channels_last("cpu", backend.precision, training=True, model=backend.model):
@@ -232,10 +245,11 @@ def worker_main(kind: str, sizes: list[int], folder: Path, threads: int | None) 
     """Entry point of a worker process."""
     if kind in ("tf-default", "tf-best"):
         _serve(TfTimer(sizes, kind == "tf-best", threads))
-    elif kind == "torch":
-        _serve(TorchTimer(sizes, folder, threads))
     else:
-        _serve(OrtTimer(sizes, folder, threads))
+        from histodetect.hardware import keep_freed_memory
+
+        keep_freed_memory()  # as every `histodetect` command does (HISTODETECT_KEEP_FREED_MEMORY=0: off)
+        _serve((TorchTimer if kind == "torch" else OrtTimer)(sizes, folder, threads))
 
 
 # ----------------------------------------------------------------------------- parent
@@ -273,7 +287,9 @@ class Worker:
         self.configs: list[str] = []
 
     def wait_ready(self) -> None:
-        self.configs = self._read()["ready"]
+        ready = self._read()
+        self.configs = ready["ready"]
+        self.paths: dict[str, str] = ready.get("paths", {})
 
     def time(self, config: str, task: str, size: int) -> float:
         assert self.process.stdin is not None
@@ -386,6 +402,9 @@ def main() -> None:
         print(f"\nimg/s, median (range) of {args.repeats} alternating rounds, {threads} threads each; {load.text()} "
               f"over {load.elapsed_s:.0f} s of timing ({time.monotonic() - start:.0f} s in all)\n")  # fmt: skip
         print_table(rates, args.sizes, configs)
+        paths = {k: v for w in workers for k, v in getattr(w, "paths", {}).items()}
+        if paths:
+            print("\n`auto` inference ran: " + "; ".join(f"{k}: {v}" for k, v in paths.items()))
 
 
 if __name__ == "__main__":

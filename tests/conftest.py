@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HISTODETECT_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Every test, and every process a test starts, runs PyTorch models in PyTorch and caches
+    nothing in the user's home: `auto`'s ONNX Runtime copy (an export and a timing per model,
+    seconds each) is off unless a test turns it on (tests/inference/test_auto_backend.py)."""
+    os.environ["HISTODETECT_CACHE_DIR"] = str(tmp_path_factory.mktemp("histodetect-cache"))
+    os.environ["HISTODETECT_CPU_ONNXRUNTIME"] = "0"
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -55,6 +55,11 @@ def _train(tmp: Path, store: Path, *extra: str) -> list[str]:
     return ["train", "--data", str(store), "--out", str(tmp / "new_run"), *TINY, *QUICK, *extra]
 
 
+def _tune(tmp: Path, store: Path, *extra: str) -> list[str]:
+    """A fine-tuning command: the network comes from --init, not from TINY."""
+    return ["train", "--data", str(store), "--out", str(tmp / "new_run"), *QUICK, *extra]
+
+
 def _damaged_model(tmp: Path, run: Path) -> Path:
     """model.pt with bytes flipped inside a weight tensor (the file still unpickles)."""
     target = tmp / "damaged.pt"
@@ -115,6 +120,14 @@ CASES = [
     Case("teacher that does not exist", lambda t, s, r: _train(t, s, "--teacher", str(t / "nope")), ("--teacher", "nope", "does not exist")),
     Case("distill weight of zero", lambda t, s, r: _train(t, s, "--teacher", str(r), "--distill-weight", "0"), ("--distill-weight must lie in (0, 1]",)),
     Case("damaged teacher", lambda t, s, r: _train(t, s, "--teacher", str(_damaged_model(t, r))), ("damaged.pt", "checksum")),
+    Case("init that does not exist", lambda t, s, r: _tune(t, s, "--init", str(t / "nope")), ("--init", "nope", "does not exist")),
+    Case("init of another network", lambda t, s, r: _tune(t, s, "--init", str(r), "--model", "seed_cnn"), ("--model seed_cnn differs from --init", "histonet", "leave --model out")),
+    Case("init beside a preset of another network", lambda t, s, r: _tune(t, s, "--init", str(r), "--preset", "seed"), ("--preset seed (its seed_cnn) differs from --init", "leave --preset seed out")),
+    Case("init with another crop", lambda t, s, r: _tune(t, s, "--init", str(r), "--crop", "32"), ("--crop 32 differs from --init",)),
+    Case("init with wider layers", lambda t, s, r: _tune(t, s, "--init", str(r), "--model-kwargs", json.dumps({"stage_widths": [4, 16]})), ("--model-kwargs", "weights of --init", "do not fit", "size mismatch", "leave out the options that change its layers")),
+    Case("damaged init", lambda t, s, r: _tune(t, s, "--init", str(_damaged_model(t, r))), ("--init", "damaged.pt", "checksum")),
+    Case("init an onnx file", lambda t, s, r: _tune(t, s, "--init", str(_touch(t / "m.onnx"))), ("--init", "ONNX model", "model.pt")),
+    Case("resume with init", lambda t, s, r: ["train", "--resume", str(r), "--init", str(r)], ("--init would be ignored",)),
     Case("gpu without gpu", lambda t, s, r: _train(t, s, "--accelerator", "gpu"), ("--accelerator gpu",)),
     Case("one-class training data", lambda t, s, r: _train(t, _one_class_store(t, s)), ("0 normal", "both classes")),
     Case("resume a finished run", lambda t, s, r: ["train", "--resume", str(r)], ("already finished",)),
@@ -331,7 +344,13 @@ def test_full_range_int8_graph_is_refused_on_a_cpu_without_vnni(
 
 
 @pytest.mark.parametrize(
-    "env", ["HISTODETECT_CPU_BF16", "HISTODETECT_CPU_VNNI", "HISTODETECT_CPU_NHWC"]
+    "env",
+    [
+        "HISTODETECT_CPU_BF16",
+        "HISTODETECT_CPU_VNNI",
+        "HISTODETECT_CPU_NHWC",
+        "HISTODETECT_CPU_ONNXRUNTIME",
+    ],
 )
 def test_a_cpu_override_that_is_not_0_or_1_is_refused(
     env: str,
@@ -345,9 +364,11 @@ def test_a_cpu_override_that_is_not_0_or_1_is_refused(
     used instead: the user thought they had forced a path and had not."""
     from histodetect import hardware
     from histodetect.errors import HistodetectError
+    from histodetect.inference.backends import auto
 
     monkeypatch.setenv(env, "yes")
     checks = {
+        "HISTODETECT_CPU_ONNXRUNTIME": auto.onnxruntime_forced,
         "HISTODETECT_CPU_BF16": hardware.cpu_has_native_bf16,
         "HISTODETECT_CPU_VNNI": hardware.cpu_has_vnni,
         "HISTODETECT_CPU_NHWC": lambda: hardware.use_channels_last("cpu", "32-true"),
@@ -357,7 +378,8 @@ def test_a_cpu_override_that_is_not_0_or_1_is_refused(
     if env != "HISTODETECT_CPU_VNNI":  # VNNI is read for int8 ONNX files only
         out = tmp_path / "p.csv"
         argv = ["predict", str(store), "--model", str(run), "--out", str(out), "--no-progress"]
-        precision = "auto" if env == "HISTODETECT_CPU_BF16" else "32-true"  # where each is read
+        reads_auto = env in ("HISTODETECT_CPU_BF16", "HISTODETECT_CPU_ONNXRUNTIME")
+        precision = "auto" if reads_auto else "32-true"  # where each is read
         code = main([*argv, "--precision", precision])
         err = capsys.readouterr().err.strip()
         assert code == 2 and not out.exists(), err

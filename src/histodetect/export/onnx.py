@@ -42,7 +42,7 @@ from histodetect.inference.backends.onnx import (
     SPEC_KEY,
 )
 from histodetect.models import spec as spec_module
-from histodetect.models.checkpoint import load_checkpoint
+from histodetect.models.checkpoint import LoadedModel, load_checkpoint
 from histodetect.models.pool_order import relu_before_pool
 from histodetect.models.spec import ModelSpec, logits_to_probability, prepare_batch
 
@@ -114,13 +114,26 @@ def export_onnx(
     _check_out(out, overwrite)
     _require_exporter()
     loaded = load_checkpoint(model_path)
-    model = relu_before_pool(loaded.model).eval()  # what the int8 quantiser handles
-    deployable = DeployableModel(model, loaded.spec).eval()
     calibration = None
     if int8_calibration:
         from histodetect.export.quantize import calibration_patches
 
         calibration = calibration_patches(int8_calibration, loaded.spec.patch_size_px)
+    return export_loaded(loaded, out, calibration)
+
+
+def export_loaded(
+    loaded: LoadedModel, out: Path, calibration: np.ndarray | None = None
+) -> ExportResult:
+    """Export a loaded model to `out` (checked by the caller: see `export_onnx`), through a
+    temporary sibling renamed into place once the graph matches PyTorch.
+
+    Raises:
+        HistodetectError: an int8 graph that strays from fp32.
+        RuntimeError: an fp32 graph that disagrees with PyTorch (a bug in the export).
+    """
+    model = relu_before_pool(loaded.model).eval()  # what the int8 quantiser handles
+    deployable = DeployableModel(model, loaded.spec).eval()
     precision = "float32" if calibration is None else "int8"
     program = _trace(deployable, loaded.spec.patch_size_px)
     props = metadata_props(loaded.spec, loaded.metadata, loaded.path, precision)
