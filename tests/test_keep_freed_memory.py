@@ -64,3 +64,13 @@ def test_every_histodetect_process_keeps_freed_memory() -> None:
     out = subprocess.run([sys.executable, "-c", probe, "cli"], capture_output=True, text=True,
                          check=True).stdout  # fmt: skip
     assert out.split()[-2:] == ["False", "True"], "no mmap for the block; kept in the heap"
+
+
+def test_a_setting_that_is_not_0_or_1_is_refused() -> None:
+    """HISTODETECT_KEEP_FREED_MEMORY=no once left the memory kept: only 0 turned it off."""
+    done = subprocess.run([sys.executable, "-m", "histodetect", "models"], capture_output=True,
+                          text=True, env={**os.environ, "HISTODETECT_KEEP_FREED_MEMORY": "no"})  # fmt: skip
+    err = done.stderr.strip()
+    assert done.returncode == 2, err
+    assert "HISTODETECT_KEEP_FREED_MEMORY='no' is not 0 or 1" in err and "set it to 0" in err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err

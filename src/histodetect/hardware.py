@@ -40,16 +40,29 @@ PRECISIONS = ("auto", "32-true", "bf16-mixed")
 """Precisions every command accepts; `auto` picks per device with `auto_precision`."""
 
 
-@functools.lru_cache(maxsize=1)
-def _cpuinfo_flags() -> frozenset[str]:
+@functools.lru_cache(maxsize=4)
+def _cpuinfo_field(name: str) -> str | None:
+    """The first value of `name` in /proc/cpuinfo, or None (not Linux, or no such field)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return frozenset()  # not Linux: no reliable flag list, assume no native bf16
+        return None
     for line in text.splitlines():
-        if line.startswith("flags"):
-            return frozenset(line.partition(":")[2].split())
-    return frozenset()
+        if line.split(":")[0].strip() == name:
+            return line.partition(":")[2].strip()
+    return None
+
+
+def _cpuinfo_flags() -> frozenset[str]:
+    # Not Linux: no reliable flag list, assume no native bf16.
+    return frozenset((_cpuinfo_field("flags") or "").split())
+
+
+def cpu_model_name() -> str:
+    """The CPU's model name as /proc/cpuinfo gives it (else what `platform` knows)."""
+    import platform
+
+    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def _detected(env: str, flags: tuple[str, ...]) -> bool:
@@ -113,7 +126,8 @@ def use_channels_last(
     oneDNN's fast CPU kernels are NHWC. In fp32 on a 2-vCPU AMD EPYC with AVX2 and no AVX-512
     (docs/BENCHMARKS.md) the bundled model inferred 1.6x faster channels_last (as a frozen
     graph) than in the default layout, a training step of the write-up's CNN ran 1.3-1.7x
-    faster, and the default histocnn trained 1.2x faster end to end. fp32 *training* needs
+    faster, and the default histocnn trained 1.2x faster end to end (all measured before
+    `keep_freed_memory`, which sped the default layout up most). fp32 *training* needs
     `model`: it runs channels_last only when `nhwc_fp32_training_is_safe(model)` (oneDNN's
     AVX2 weight gradient of strided 1x1 convs with few input channels is wrong, hangs or
     crashes on NHWC tensors), and not on AVX-512 CPUs, where it has not been measured. CPUs
@@ -183,7 +197,11 @@ def keep_freed_memory() -> bool:
     command calls it at start; Python users can call it first thing. Linux with glibc only
     (a no-op elsewhere); ``HISTODETECT_KEEP_FREED_MEMORY=0`` leaves malloc alone.
     """
-    if os.environ.get(ENV_KEEP_FREED_MEMORY) == "0" or not sys.platform.startswith("linux"):
+    value = os.environ.get(ENV_KEEP_FREED_MEMORY, "")
+    if value not in ("", "0", "1"):  # a typo must not silently leave it on
+        raise HistodetectError(f"{ENV_KEEP_FREED_MEMORY}={value!r} is not 0 or 1: set it to 0 to "
+                               "leave malloc at its defaults, or unset it.")  # fmt: skip
+    if value == "0" or not sys.platform.startswith("linux"):
         return False
     try:
         libc = ctypes.CDLL(None)

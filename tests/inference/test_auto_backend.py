@@ -15,6 +15,7 @@ from histodetect.errors import HistodetectError
 from histodetect.inference.backends import auto
 from histodetect.inference.backends.torch import TorchBackend
 from histodetect.inference.predictor import Predictor
+from histodetect.models.checkpoint import load_checkpoint
 from onnx_models import save_tiny_model
 
 pytest.importorskip("onnxruntime")
@@ -88,18 +89,12 @@ def test_a_torch_verdict_keeps_pytorch_without_exporting(
 ) -> None:
     reference = Predictor(model, device="cpu", precision="32-true")  # builds no copy
     assert isinstance(reference.backend, TorchBackend) and not cpu.exists()
-    key = auto.cache_key(auto_loaded(model), torch.get_num_threads())
+    key = auto.cache_key(load_checkpoint(model), torch.get_num_threads())
     cpu.mkdir(parents=True)
     (cpu / f"{key}.json").write_text(json.dumps(
         {"faster": "torch", "torch_img_s": 2.0, "onnxruntime_img_s": 1.0}))  # fmt: skip
     monkeypatch.setattr(auto, "_export", lambda *a: pytest.fail("exported"))
     assert isinstance(Predictor(model, device="cpu").backend, TorchBackend)
-
-
-def auto_loaded(model: Path):  # type: ignore[no-untyped-def]
-    from histodetect.models.checkpoint import load_checkpoint
-
-    return load_checkpoint(model)
 
 
 def test_a_damaged_cached_graph_or_verdict_is_made_again(

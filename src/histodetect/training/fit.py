@@ -313,10 +313,8 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
         spec = init_spec(config, init)
         where = f"--init {config.init}"
         warn_if_trained_on_another_split(where, init.metadata, store, datamodule.split)
-    else:
-        spec = _spec_for(config, store, datamodule.split.train)
-        if resumed_spec is not None:
-            spec = resumed_spec
+    else:  # a resumed run's own spec; the store's statistics (a pass over it) only for new runs
+        spec = resumed_spec or _spec_for(config, store, datamodule.split.train)
     module = PatchClassifier(spec.to_dict(), config.to_dict())
     if init is not None:
         init_weights(module, init)

@@ -27,7 +27,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import platform
 import sys
 import time
 import warnings
@@ -40,7 +39,7 @@ import torch
 from histodetect import __version__
 from histodetect.atomic import write_text_atomic
 from histodetect.errors import HistodetectError
-from histodetect.hardware import cpu_has_native_bf16, freed_memory_kept
+from histodetect.hardware import cpu_has_native_bf16, cpu_model_name, freed_memory_kept
 from histodetect.inference.backends import InferenceBackend
 from histodetect.inference.backends.onnx import INSTALL_HINT, OnnxBackend
 from histodetect.inference.backends.torch import TorchBackend
@@ -111,23 +110,13 @@ def cache_key(loaded: LoadedModel, threads: int) -> str:
         "weights": weights_checksum(loaded.model.state_dict()),
         "network": [spec.model_name, spec.model_kwargs, spec.crop_px, spec.patch_size_px],
         "preprocessing": [list(spec.mean), list(spec.std)],
-        "cpu": _cpu_name(),
+        "cpu": cpu_model_name(),
         "threads": threads,
         "keep_freed_memory": freed_memory_kept(),  # it changes PyTorch's speed (hardware.py)
         "versions": [__version__, torch.__version__, onnxruntime.__version__],
     }
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def faster_cpu_backend(
@@ -241,4 +230,4 @@ def _measure(torch_backend: TorchBackend, onnx_backend: OnnxBackend, size: int) 
     faster = "onnxruntime" if rates["onnxruntime"] >= MIN_SPEEDUP * rates["torch"] else "torch"
     return {"faster": faster, "torch_img_s": round(rates["torch"], 1),
             "onnxruntime_img_s": round(rates["onnxruntime"], 1), "patches": PROBE_PATCHES,
-            "threads": torch.get_num_threads(), "cpu": _cpu_name()}  # fmt: skip
+            "threads": torch.get_num_threads(), "cpu": cpu_model_name()}  # fmt: skip
