@@ -101,6 +101,17 @@ def test_prepare_batch_matches_hand_computation() -> None:
         assert math.isclose(float(got[n, c, row, col]), expected, rel_tol=1e-5, abs_tol=1e-5)
 
 
+@pytest.mark.parametrize("crop_px", [32, 33, 95, 96])
+def test_prepare_batch_crops_before_converting_with_the_same_values(crop_px: int) -> None:
+    # The uint8 crop comes first (a 32 px crop then converts 1/9 of the pixels); the result
+    # must be bit-identical to converting the whole patch and cropping the floats.
+    pixels = torch.randint(0, 256, (3, 96, 96, 3), dtype=torch.uint8)
+    spec = ModelSpec("seed_cnn", crop_px=crop_px)
+    got = prepare_batch(pixels, spec)
+    assert torch.equal(got, normalise(pixels_to_float(pixels), spec))
+    assert got.shape == (3, 3, crop_px, crop_px)
+
+
 def test_prepare_batch_without_crop_is_scaled_pixels() -> None:
     pixels = torch.full((1, 96, 96, 3), 51, dtype=torch.uint8)
     got = prepare_batch(pixels, ModelSpec("seed_cnn"))

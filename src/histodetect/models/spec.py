@@ -90,6 +90,13 @@ def prepare_batch(pixels: torch.Tensor, spec: ModelSpec) -> torch.Tensor:
             f"Expected {size_px}x{size_px} px patches as the model was trained on, "
             f"got {pixels.shape[1]}x{pixels.shape[2]}."
         )
+    crop_px = spec.crop_px
+    if crop_px is not None and crop_px < size_px:
+        # Crop the uint8 pixels first: the same values as cropping after the conversion
+        # (`normalise` then finds nothing left to crop), without converting the outer ring,
+        # which at the write-up's 32 px crop is 8/9 of every patch.
+        top_px = (size_px - crop_px) // 2
+        pixels = pixels[:, top_px : top_px + crop_px, top_px : top_px + crop_px]
     return normalise(pixels_to_float(pixels), spec)
 
 
