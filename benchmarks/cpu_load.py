@@ -12,14 +12,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from histodetect.hardware import busy_cpu_seconds
+
 TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 
 def _busy_ticks() -> int:
     """CPU ticks spent busy on all cores since boot (user, nice, system, irq, softirq, steal)."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
-    return user + nice + system + irq + softirq + steal
+    return round((busy_cpu_seconds() or 0.0) * TICKS_PER_S)
 
 
 def _process_ticks(pids: Iterable[int]) -> int:

@@ -214,3 +214,17 @@ def keep_freed_memory() -> bool:
 def freed_memory_kept() -> bool:
     """True when `keep_freed_memory` has been called in this process and took effect."""
     return keep_freed_memory.cache_info().currsize > 0 and keep_freed_memory()
+
+
+def busy_cpu_seconds() -> float | None:
+    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq,
+    steal, from /proc/stat); None where there is no /proc (not Linux). The difference over an
+    interval, less the process's own `time.process_time()`, is what other processes used."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if first[:1] != ["cpu"] or len(first) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")

@@ -5,6 +5,7 @@ Grad-CAM, and PyTorch whenever the copy cannot be made."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,9 @@ def cpu(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     monkeypatch.setenv("HISTODETECT_CPU_BF16", "0")
     monkeypatch.delenv(auto.ENV_CPU_ONNXRUNTIME, raising=False)
     monkeypatch.setenv(auto.ENV_CACHE_DIR, str(tmp_path / "cache"))
+    monkeypatch.setattr(auto, "PROBE_MIN_S", 0.02)  # the tiny models need no steadier timing
+    # Whatever else runs beside the tests, the verdict is cached (a busy CPU: its own test).
+    monkeypatch.setattr(auto, "busy_cpu_seconds", lambda: None)
     return tmp_path / "cache" / "onnx"
 
 
@@ -82,6 +86,56 @@ def test_the_onnx_copy_gives_pytorchs_probabilities_and_keeps_the_model_for_grad
     assert np.abs(got - expected).max() <= 1e-4
     assert isinstance(predictor.model, torch.nn.Module), "Grad-CAM still has its network"
     assert predictor.spec.temperature == pytest.approx(1.7), "the model.pt's own spec"
+
+
+class _Timed:
+    """A backend whose every call takes `seconds`; counts its calls."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.calls = seconds, 0
+
+    def logits(self, pixels: np.ndarray, tta: bool) -> np.ndarray:
+        time.sleep(self.seconds)
+        self.calls += 1
+        return np.zeros(len(pixels), np.float32)
+
+
+def test_the_probe_times_blocks_long_enough_to_measure_a_fast_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auto, "PROBE_MIN_S", 0.1)
+    fast, slow = _Timed(0.004), _Timed(0.012)
+    verdict = auto._measure(fast, slow, 32)  # type: ignore[arg-type]
+    # 1 warm-up call, then at least PROBE_MIN_S per block: far more than one call per block.
+    assert fast.calls >= 1 + auto.PROBE_ROUNDS * 0.1 / 0.004 * 0.5
+    assert slow.calls >= 1 + auto.PROBE_ROUNDS * 0.1 / 0.012 * 0.5
+    assert verdict["torch_img_s"] == pytest.approx(auto.PROBE_PATCHES / 0.004, rel=0.4)
+    assert verdict["onnxruntime_img_s"] == pytest.approx(auto.PROBE_PATCHES / 0.012, rel=0.4)
+    assert verdict["faster"] == "torch"
+    swapped = auto._measure(slow, fast, 32)  # type: ignore[arg-type]
+    assert swapped["faster"] == "onnxruntime"
+
+
+def test_a_verdict_measured_on_a_busy_cpu_is_used_but_not_cached(
+    cpu: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readings = iter(range(0, 10**9, 1000))  # 1000 busy CPU seconds between any two readings
+    monkeypatch.setattr(auto, "busy_cpu_seconds", lambda: float(next(readings)))
+    measured: list[dict[str, object]] = []
+    real_measure = auto._measure
+    monkeypatch.setattr(
+        auto, "_measure", lambda *a: measured.append(real_measure(*a)) or measured[-1]
+    )
+    first = Predictor(model, device="cpu")
+    assert measured[0]["busy"] is True and measured[0]["other_cores"] > auto.BUSY_CORES
+    assert not list(cpu.glob("*.json")), "a busy moment must not decide for good"
+    assert list(cpu.glob("*.onnx")), "the graph is kept: only the timing is redone"
+    assert np.isfinite(first.predict_pixels(_pixels(4))).all()
+    monkeypatch.setattr(auto, "busy_cpu_seconds", lambda: 5.0)  # now idle: no CPU used by others
+    Predictor(model, device="cpu")
+    assert len(measured) == 2 and measured[1]["busy"] is False and measured[1]["other_cores"] == 0
+    (verdict_file,) = cpu.glob("*.json")
+    assert json.loads(verdict_file.read_text())["faster"] == measured[1]["faster"]
 
 
 def test_a_torch_verdict_keeps_pytorch_without_exporting(
@@ -153,3 +207,15 @@ def test_forced_on_says_why_the_copy_cannot_be_made(
         says = r"HISTODETECT_CPU_ONNXRUNTIME=1, but .*model\.pt cannot run in ONNX Runtime here"
     with pytest.raises(HistodetectError, match=says):
         Predictor(model, device="cpu")
+
+
+@pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads /proc/stat (Linux)")
+def test_busy_cpu_seconds_counts_this_processs_own_work() -> None:
+    from histodetect.hardware import busy_cpu_seconds
+
+    before, own_before = busy_cpu_seconds(), time.process_time()
+    while time.process_time() - own_before < 0.5:  # spin half a CPU second
+        pass
+    after, own = busy_cpu_seconds(), time.process_time() - own_before
+    assert before is not None and after is not None
+    assert after - before >= own * 0.8, "the whole machine's busy time includes this process's"
