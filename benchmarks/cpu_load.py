@@ -19,7 +19,12 @@ TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 def _busy_ticks() -> int:
     """CPU ticks spent busy on all cores since boot (user, nice, system, irq, softirq, steal)."""
-    return round((busy_cpu_seconds() or 0.0) * TICKS_PER_S)
+    busy = busy_cpu_seconds()
+    if busy is None:
+        raise SystemExit(
+            "benchmarks/cpu_load.py reads /proc/stat, which this system lacks (Linux only)."
+        )
+    return round(busy * TICKS_PER_S)
 
 
 def _process_ticks(pids: Iterable[int]) -> int:

@@ -216,15 +216,23 @@ def freed_memory_kept() -> bool:
     return keep_freed_memory.cache_info().currsize > 0 and keep_freed_memory()
 
 
-def busy_cpu_seconds() -> float | None:
-    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq,
-    steal, from /proc/stat); None where there is no /proc (not Linux). The difference over an
-    interval, less the process's own `time.process_time()`, is what other processes used."""
+def busy_cpu_seconds(stat: Path = Path("/proc/stat")) -> float | None:
+    """CPU seconds all cores have spent busy since boot (user, nice, system, irq, softirq and
+    hypervisor steal, from /proc/stat; not idle or iowait); None where there is no /proc (not
+    Linux). The difference over an interval, less the process's own `time.process_time()`, is
+    what other processes (and the hypervisor) took."""
     try:
-        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        first = stat.read_text().split("\n", 1)[0].split()
     except OSError:
         return None
     if first[:1] != ["cpu"] or len(first) < 9:
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in first[1:9])
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1

@@ -5,6 +5,7 @@ Grad-CAM, and PyTorch whenever the copy cannot be made."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -128,6 +129,9 @@ def test_a_verdict_measured_on_a_busy_cpu_is_used_but_not_cached(
     )
     first = Predictor(model, device="cpu")
     assert measured[0]["busy"] is True and measured[0]["other_cores"] > auto.BUSY_CORES
+    # The verdict still decides this run.
+    ort_chosen = isinstance(first.backend, auto.OnnxCopyBackend)
+    assert ort_chosen == (measured[0]["faster"] == "onnxruntime"), first.description
     assert not list(cpu.glob("*.json")), "a busy moment must not decide for good"
     assert list(cpu.glob("*.onnx")), "the graph is kept: only the timing is redone"
     assert np.isfinite(first.predict_pixels(_pixels(4))).all()
@@ -207,6 +211,32 @@ def test_forced_on_says_why_the_copy_cannot_be_made(
         says = r"HISTODETECT_CPU_ONNXRUNTIME=1, but .*model\.pt cannot run in ONNX Runtime here"
     with pytest.raises(HistodetectError, match=says):
         Predictor(model, device="cpu")
+
+
+def test_only_load_on_the_cores_the_probe_needs_counts_as_busy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(auto, "usable_cores", lambda: 2)
+    assert not auto.contested(None, 2), "unknown (no /proc): cached as before"
+    assert not auto.contested(0.4, 2) and auto.contested(0.6, 2)
+    assert not auto.contested(1.4, 1), "one of two cores was free for others"
+    assert auto.contested(1.6, 1)
+    monkeypatch.setattr(auto, "usable_cores", lambda: 64)
+    assert not auto.contested(30.0, 2), "a big server's other jobs leave the probe's cores alone"
+    assert auto.contested(62.6, 2)
+
+
+def test_busy_cpu_seconds_reads_busy_fields_and_not_idle(tmp_path: Path) -> None:
+    from histodetect.hardware import busy_cpu_seconds
+
+    stat = tmp_path / "stat"
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text("cpu  100 20 30 5000 700 4 6 40 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n")
+    ticks = os.sysconf("SC_CLK_TCK")
+    assert busy_cpu_seconds(stat) == pytest.approx((100 + 20 + 30 + 4 + 6 + 40) / ticks)
+    assert busy_cpu_seconds(tmp_path / "missing") is None
+    stat.write_text("intr 1 2 3\n")
+    assert busy_cpu_seconds(stat) is None
 
 
 @pytest.mark.skipif(not Path("/proc/stat").is_file(), reason="reads /proc/stat (Linux)")
