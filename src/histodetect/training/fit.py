@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import platform
 import shutil
@@ -131,12 +132,32 @@ def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
     return callbacks
 
 
+LIGHTNING_INFO_LOGGER = "lightning.pytorch.utilities.rank_zero"
+"""The logger of Lightning's rank-zero info lines (lightning.pytorch.utilities.rank_zero)."""
+
+
+class _NoLightningAdvert(logging.Filter):
+    """Drops the line Lightning 2.6 prints at every Trainer start to advertise its cloud logger
+    ("💡 Tip: ... try installing litlogger ..."): no advice a user of this tool can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+def _quiet_lightning() -> None:
+    """Installs `_NoLightningAdvert` on Lightning's info logger, once."""
+    log = logging.getLogger(LIGHTNING_INFO_LOGGER)
+    if not any(isinstance(f, _NoLightningAdvert) for f in log.filters):
+        log.addFilter(_NoLightningAdvert())
+
+
 def _trainer(config: TrainConfig, run_dir: Path, progress: bool) -> Any:
     import lightning as L  # noqa: N812 - Lightning's documented alias
     from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     devices: Any = int(config.devices) if config.devices.isdigit() else config.devices
+    _quiet_lightning()
     try:
         return L.Trainer(
             max_epochs=config.epochs,
@@ -151,7 +172,8 @@ def _trainer(config: TrainConfig, run_dir: Path, progress: bool) -> Any:
                 TensorBoardLogger(run_dir, name="tensorboard", version="", default_hp_metric=False),
             ],
             default_root_dir=run_dir,
-            limit_train_batches=config.max_steps_per_epoch or 1.0,
+            # None, not 1.0: an explicit 1.0 makes Lightning print that every batch is used
+            limit_train_batches=config.max_steps_per_epoch or None,
             log_every_n_steps=10,
             use_distributed_sampler=False,
             enable_progress_bar=progress,
@@ -349,6 +371,8 @@ def _train(
         # Our batches come from an in-memory iterable, not a DataLoader with workers.
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*Your `IterableDataset` has `__len__` defined.*")
+        # Lightning 2.6 calls an API torch 2.13 deprecates; nothing a user can change
+        warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         try:
             trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
         except SystemExit:  # Lightning's exit after SIGTERM (SIGTERMException) or Ctrl-C
