@@ -42,6 +42,10 @@ def test_auc_nll_ece() -> None:
     calibrated = (rng.uniform(size=20000) < p).astype(int)
     assert expected_calibration_error(calibrated, p) < 0.02
     assert expected_calibration_error(np.zeros(100, int), np.full(100, 0.9)) == pytest.approx(0.9)
+    # two bins by hand: [0.1, 0.1] with one positive (|0.5 - 0.1| x 0.5), [0.85] right (|1 - 0.85| x 0.5)
+    two = expected_calibration_error(np.array([0, 1, 1, 1]), np.array([0.1, 0.1, 0.85, 0.85]))
+    assert two == pytest.approx(0.5 * 0.4 + 0.5 * 0.15)
+    assert np.isnan(expected_calibration_error(np.array([], int), np.array([])))
 
 
 def test_bootstrap_interval_brackets_auc() -> None:

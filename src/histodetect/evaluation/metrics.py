@@ -58,7 +58,11 @@ def bootstrap_auc_ci(
 
 
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
-    """ECE: mean |accuracy - confidence| over equal-width probability bins, weighted by bin size."""
+    """ECE: mean |accuracy - confidence| over equal-width probability bins, weighted by bin size;
+    NaN for no patches. The one ECE: the report's reliability diagram shows this figure."""
+    labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
+    if probs.size == 0:
+        return float("nan")
     bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)
     ece = 0.0
     for b in range(n_bins):

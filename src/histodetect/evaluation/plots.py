@@ -124,19 +124,6 @@ def plot_pr(labels: np.ndarray, probs: np.ndarray, threshold: float, path: Path)
     _save(fig, path)
 
 
-def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
-    """ECE over `n_bins` equal-width probability bins: sum of |positive rate - mean p| * share."""
-    labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
-    if probs.size == 0:
-        return math.nan
-    bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)
-    ece = 0.0
-    for b in np.unique(bins):
-        inside = bins == b
-        ece += abs(labels[inside].mean() - probs[inside].mean()) * inside.mean()
-    return float(ece)
-
-
 def plot_reliability(
     labels: np.ndarray, probs: np.ndarray, path: Path, n_bins: int = 10, ece: float | None = None
 ) -> None:
@@ -150,7 +137,10 @@ def plot_reliability(
         ece: the ECE to show in the title; computed from these bins when None.
     """
     labels, probs = np.asarray(labels, dtype=float), np.asarray(probs, dtype=float)
-    ece = expected_calibration_error(labels, probs, n_bins) if ece is None else ece
+    if ece is None:
+        from histodetect.evaluation.metrics import expected_calibration_error
+
+        ece = expected_calibration_error(labels, probs, n_bins)
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     bins = np.minimum((probs * n_bins).astype(int), n_bins - 1)
     used = [b for b in range(n_bins) if np.any(bins == b)]
