@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from histodetect.atomic import is_temp_name
 from histodetect.evaluation.report import ReportInputs, most_confident_errors, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -105,7 +106,23 @@ def test_every_figure_is_a_png_and_no_tmp_left(full_report: tuple[Path, str]) ->
     assert names == expected
     for name in names:
         assert (out / name).read_bytes().startswith(PNG_SIGNATURE), name
-    assert not list(out.glob("*.tmp"))
+    assert not [p.name for p in out.iterdir() if is_temp_name(p.name) or p.name.endswith(".tmp")]
+
+
+def test_a_figure_that_fails_to_save_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histodetect.evaluation import plots
+
+    def dies_half_way(path: Path, **_: object) -> None:  # a full disk, say
+        Path(path).write_bytes(PNG_SIGNATURE)
+        raise OSError("No space left on device")
+
+    fig = plots._pyplot().figure()
+    monkeypatch.setattr(fig, "savefig", dies_half_way)
+    with pytest.raises(OSError, match="No space"):
+        plots._save(fig, tmp_path / "roc.png")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_most_confident_errors_on_hand_made_example() -> None:
@@ -131,7 +148,9 @@ def test_no_curves_and_no_false_negatives(tmp_path: Path) -> None:
     assert (tmp_path / "false_positives.png").is_file()
     assert "No false negatives at this threshold." in html
     assert "Training curves" not in html
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not [
+        p.name for p in tmp_path.iterdir() if is_temp_name(p.name) or p.name.endswith(".tmp")
+    ]
 
 
 def test_error_galleries_gain_gradcam_overlays(tmp_path: Path) -> None:

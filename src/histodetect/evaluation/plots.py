@@ -1,8 +1,9 @@
 """Figures of the evaluation report: ROC, PR, reliability, confusion, training curves, galleries.
 
 Each function draws one figure with matplotlib's Agg backend (imported inside the function, so
-importing this module stays cheap), writes it as a PNG atomically (``name.tmp`` then
-``Path.replace``) and closes the figure. Sizes suit a page column of about 500 px at dpi 100.
+importing this module stays cheap), writes it as a PNG atomically (a hidden temporary sibling
+from `histodetect.atomic`, then ``Path.replace``) and closes the figure. Sizes suit a page
+column of about 500 px at dpi 100.
 """
 
 from __future__ import annotations
@@ -36,9 +37,11 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> None:
-    """Write `fig` to `path` as a PNG via a ``.tmp`` sibling, then close it."""
+    """Write `fig` to `path` as a PNG via a temporary sibling, then close it."""
+    from histodetect.atomic import temp_sibling
+
     plt = _pyplot()
-    tmp = path.with_name(f"{path.name}.tmp")
+    tmp = temp_sibling(path)
     try:
         fig.savefig(tmp, dpi=DPI, format="png")
         tmp.replace(path)

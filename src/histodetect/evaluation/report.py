@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from histodetect.atomic import write_text_atomic
 from histodetect.errors import HistodetectError
 from histodetect.evaluation import plots
 
@@ -81,13 +82,6 @@ def most_confident_errors(
     fp = fp[np.argsort(-probs[fp], kind="stable")][:k]
     fn = fn[np.argsort(probs[fn], kind="stable")][:k]
     return fp, fn
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a ``.tmp`` sibling."""
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -314,5 +308,5 @@ def write_report(out_dir: Path, inputs: ReportInputs, gallery_size: int = 16) ->
         "</body></html>\n",
     ]
     path = out_dir / REPORT_FILE
-    _atomic_write_text(path, "\n".join(part for part in body if part))
+    write_text_atomic(path, "\n".join(part for part in body if part))
     return path

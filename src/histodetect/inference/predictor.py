@@ -6,7 +6,6 @@ PyTorch for anything else (see `histodetect.inference.backends`)."""
 from __future__ import annotations
 
 import csv
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from histodetect.atomic import temp_sibling
 from histodetect.data.sources.base import default_workers
 from histodetect.errors import HistodetectError
 from histodetect.inference.backends import N_TTA_VIEWS, InferenceBackend, check_device_name
@@ -319,7 +319,7 @@ def write_predictions_csv(
     check_output(out, overwrite)
     columns = csv_columns(rows, with_path, with_class)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp = temp_sibling(out)
     try:
         with tmp.open("w", newline="") as f:
             writer = csv.DictWriter(f, columns, lineterminator="\n", extrasaction="ignore")

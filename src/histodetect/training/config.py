@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from histodetect.atomic import write_text_atomic
 from histodetect.augment import AugmentConfig
 from histodetect.errors import HistodetectError, reject_unknown_fields
 from histodetect.hardware import PRECISIONS
@@ -140,9 +141,7 @@ class TrainConfig:
 
     def save(self, run_dir: Path) -> None:
         """Write config.json atomically into `run_dir`."""
-        tmp = run_dir / f"{CONFIG_FILE}.tmp"
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        tmp.replace(run_dir / CONFIG_FILE)
+        write_text_atomic(run_dir / CONFIG_FILE, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, run_dir: Path) -> TrainConfig:

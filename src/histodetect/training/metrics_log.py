@@ -6,6 +6,8 @@ import csv
 import math
 from pathlib import Path
 
+from histodetect.atomic import temp_sibling
+
 LOG_DIR = "logs"
 METRICS_FILE = "metrics.csv"
 PART_PREFIX = "metrics-part-"
@@ -34,12 +36,15 @@ def merge_parts(run_dir: Path) -> None:
         first_epoch = min((_epoch(r) for r in table), default=math.inf)
         rows = [r for r in rows if _epoch(r) < first_epoch] + table
     fields = sorted({k for r in rows for k in r})
-    tmp = folder / f"{METRICS_FILE}.tmp"
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(metrics_path(run_dir))
+    tmp = temp_sibling(metrics_path(run_dir))
+    try:
+        with tmp.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(metrics_path(run_dir))
+    finally:
+        tmp.unlink(missing_ok=True)
     for part in parts[:-1]:
         part.unlink()
 
