@@ -283,3 +283,27 @@ def test_a_checkpoint_without_saved_streams_resumes_with_new_ones(
     first_run_seed = config.seed * 1000
     assert seeds and seeds[0] != first_run_seed, "new streams, not the first ones again"
     assert seeds[0] == first_run_seed * 1_000_003 + 3 + 1, "seeded by the checkpoint's step"
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_the_training_device_and_its_precision_follow_one_rule(
+    cuda: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    from histodetect.training import fit as fit_module
+    from histodetect.training.devices import on_cuda
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert on_cuda("auto") is cuda and on_cuda("gpu") and on_cuda("cuda")
+    assert not on_cuda("cpu") and not on_cuda("mps")
+    seen: list[str] = []
+    monkeypatch.setattr(fit_module, "resolve_precision", lambda p, device: seen.append(device) or p)
+    for accelerator in ("auto", "cpu", "gpu"):
+        fit_module._precision(_config_on(accelerator))
+    assert seen == (["cuda", "cpu", "cuda"] if cuda else ["cpu", "cpu", "cpu"])
+
+
+def _config_on(accelerator: str) -> TrainConfig:
+    """A config that asks for `accelerator` (no store or run folder is touched)."""
+    return resolve_config("store", "run", accelerator=accelerator)

@@ -33,6 +33,14 @@ def check_accelerator_and_devices(accelerator: str, devices: str) -> None:
         )
 
 
+def on_cuda(accelerator: str) -> bool:
+    """True when a run with this --accelerator trains on CUDA GPUs here: gpu or cuda, or auto
+    on a machine that has one (the one rule `train` resolves its device and precision by)."""
+    import torch
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
 def check_runnable_here(accelerator: str, devices: str, num_nodes: int, strategy: str) -> None:
     """Refuse, before any folder is made, a device request this machine cannot honour.
 
@@ -52,8 +60,7 @@ def check_runnable_here(accelerator: str, devices: str, num_nodes: int, strategy
             "--accelerator mps asks for Apple's GPU (MPS) but it is not available here; "
             "use --accelerator cpu or auto."
         )
-    on_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
-    if on_gpu and devices != "auto" and int(devices) > torch.cuda.device_count():
+    if on_cuda(accelerator) and devices != "auto" and int(devices) > torch.cuda.device_count():
         raise HistodetectError(
             f"--devices {devices} asks for {devices} GPUs but this machine has "
             f"{torch.cuda.device_count()}; give at most that many, or --devices auto."

@@ -27,7 +27,7 @@ from histodetect.models import ModelSpec, resolved_model_kwargs
 from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_model
 from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
-from histodetect.training.devices import check_runnable_here, lightning_refusal
+from histodetect.training.devices import check_runnable_here, lightning_refusal, on_cuda
 from histodetect.training.distill import TEACHER_FILE, score_teacher, teacher_targets
 from histodetect.training.finetune import (
     init_spec,
@@ -90,8 +90,8 @@ def _spec_for(config: TrainConfig, store: PatchStore, train_idx: Any) -> ModelSp
 
 
 def _precision(config: TrainConfig) -> str:
-    on_gpu = torch.cuda.is_available() and config.accelerator in ("auto", "gpu", "cuda")
-    return resolve_precision(config.precision, "cuda" if on_gpu else "cpu")
+    device = "cuda" if on_cuda(config.accelerator) and torch.cuda.is_available() else "cpu"
+    return resolve_precision(config.precision, device)
 
 
 def _callbacks(config: TrainConfig, run_dir: Path, progress: bool) -> list[Any]:
