@@ -21,7 +21,6 @@ from histodetect.data.quality import (
     flag_outliers,
 )
 from histodetect.data.sources import Block, Source, open_source
-from histodetect.data.sources.base import default_workers
 from histodetect.data.store import (
     SPLIT_ALIASES,
     UNNAMED_SPLIT,
@@ -32,6 +31,7 @@ from histodetect.data.store import (
 )
 from histodetect.data.writer import StoreWriter, check_store_destination
 from histodetect.errors import HistodetectError
+from histodetect.parallel import default_workers
 
 MAX_PROBLEMS_IN_ERROR = 3
 """Problems named in the error of a failed ingest; the failure report lists all."""

@@ -78,8 +78,8 @@ def explain_inputs(
     """
     from tqdm import tqdm
 
-    from histodetect.data.sources.base import default_workers
     from histodetect.inference.inputs import collect_inputs, iter_batches
+    from histodetect.parallel import default_workers
 
     require_captum()
     check_out_folder(out, overwrite)

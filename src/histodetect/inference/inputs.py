@@ -5,14 +5,11 @@ decoding image files in worker processes. An unusable file becomes a row with an
 from __future__ import annotations
 
 import glob
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import islice
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal
 
 import numpy as np
 
@@ -25,6 +22,7 @@ from histodetect.data.sources.image_file import (
 )
 from histodetect.data.sources.pcam_h5 import open_h5, read_rows
 from histodetect.errors import HistodetectError
+from histodetect.parallel import ordered_map
 
 FILES_PER_TASK = 512
 """Image files one worker decodes per task (and the largest batch handed to the model)."""
@@ -32,9 +30,6 @@ ROWS_PER_READ = 1024
 """Patches read from a store or .h5 file at once."""
 STORE_HEADER = "header.json"
 SUFFIXES_TEXT = "/".join(sorted(s.lstrip(".") for s in IMAGE_SUFFIXES))
-
-_T = TypeVar("_T")
-_R = TypeVar("_R")
 
 
 @dataclass(frozen=True)
@@ -317,17 +312,3 @@ def _iter_arrays(group: InputGroup) -> Iterator[tuple[list[str], list[str], np.n
             rows = range(start, stop)
             paths = [f"{group.path}#{row}" for row in rows]
             yield [str(row) for row in rows], paths, read_rows(x, start, stop, group.path)
-
-
-def ordered_map(fn: Callable[[_T], _R], tasks: Sequence[_T], workers: int) -> Iterator[_R]:
-    """map(fn, tasks) in order over a process pool, keeping at most 2 x workers tasks ahead."""
-    if workers <= 1 or len(tasks) <= 1:
-        yield from map(fn, tasks)
-        return
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-        queue = iter(tasks)
-        pending: deque[Future[_R]] = deque(pool.submit(fn, t) for t in islice(queue, 2 * workers))
-        while pending:
-            result = pending.popleft().result()
-            pending.extend(pool.submit(fn, t) for t in islice(queue, 1))
-            yield result

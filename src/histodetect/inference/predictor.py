@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from histodetect.atomic import temp_sibling
-from histodetect.data.sources.base import default_workers
 from histodetect.errors import HistodetectError
 from histodetect.inference.backends import N_TTA_VIEWS, InferenceBackend, check_device_name
 from histodetect.inference.backends.onnx import is_onnx_path
 from histodetect.inference.inputs import Batch, InputGroup, collect_inputs, iter_batches
 from histodetect.inference.logits import logits_to_probabilities, require_finite
+from histodetect.parallel import default_workers
 
 if TYPE_CHECKING:
     import torch

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +12,7 @@ import numpy as np
 from histodetect.data.patch import PATCH_SIZE_PX, patch_ids
 from histodetect.data.quality import Problem, flag_outliers
 from histodetect.data.sources.image_file import decode_image
+from histodetect.parallel import ordered_map
 
 FILES_PER_TASK = 256
 """Files one worker decodes per task: large enough that pickling overhead stays small."""
@@ -84,12 +83,8 @@ class FileListSource(Source):
             self.entries[i : i + FILES_PER_TASK]
             for i in range(0, len(self.entries), FILES_PER_TASK)
         ]
-        if workers <= 1 or len(chunks) <= 1:
-            yield from map(decode_entries, chunks)
-            return
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            # map keeps order, so stores are identical whatever the number of workers.
-            yield from pool.map(decode_entries, chunks)
+        # in order, so stores are identical whatever the number of workers
+        yield from ordered_map(decode_entries, chunks, workers)
 
 
 def decode_entries(entries: Sequence[FileEntry]) -> Block:
@@ -116,11 +111,3 @@ def decode_entries(entries: Sequence[FileEntry]) -> Block:
         ids=patch_ids(pixels),  # hashing and flagging here runs them in the worker processes
         flags=flag_outliers(pixels),
     )
-
-
-def default_workers() -> int:
-    """Decoding processes to use: one per CPU core available to this process."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
