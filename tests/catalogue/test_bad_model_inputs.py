@@ -12,6 +12,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -166,6 +167,45 @@ def _truncated(tmp: Path, run: Path) -> Path:
     data = (run / "model.pt").read_bytes()
     (tmp / "trunc.pt").write_bytes(data[: len(data) // 2])
     return tmp / "trunc.pt"
+
+
+def _altered(tmp: Path, run: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """The run's model.pt with its payload edited: a file torch reads but histodetect did not
+    write as it is (found by a bad-input hunt: each gave an internal error before)."""
+    payload = torch.load(run / "model.pt", map_location="cpu", weights_only=True)
+    edit(payload)
+    torch.save(payload, tmp / "altered.pt")
+    return tmp / "altered.pt"
+
+
+def _reshaped(payload: dict[str, Any]) -> None:
+    """One weight of another shape, the checksum dropped (so it is the shape that is refused)."""
+    name = next(iter(payload["state_dict"]))
+    payload["state_dict"][name] = torch.zeros(3, 3)
+    del payload["weights_sha256"]
+
+
+def _predict(tmp: Path, store: Path, model: Path) -> list[str]:
+    out = str(tmp / "p.csv")
+    return ["predict", str(store), "--model", str(model), "--out", out, "--no-progress"]
+
+
+ALTERED = [
+    ("no model spec", lambda p: p.pop("model_spec"), ("altered.pt", "model spec is missing")),
+    ("no weights", lambda p: p.pop("state_dict"), ("altered.pt", "weights are missing")),
+    ("weights not tensors", lambda p: p.update(state_dict=dict.fromkeys(p["state_dict"], 1)), ("altered.pt", "not tensors")),
+    ("metadata a list", lambda p: p.update(metadata=[1]), ("altered.pt", "metadata is not a mapping")),
+    ("spec threshold out of range", lambda p: p["model_spec"].update(threshold=2.0), ("altered.pt", "invalid model spec", "threshold")),
+    ("spec of an unknown network", lambda p: p["model_spec"].update(model_name="nosuch"), ("altered.pt", "nosuch")),
+    ("weights of another shape", _reshaped, ("altered.pt", "does not match model", "size mismatch", "export it again")),
+]  # fmt: skip
+CASES += [
+    Case(f"model file: {name}", lambda t, s, r, e=edit: _predict(t, s, _altered(t, r, e)), says)
+    for name, edit, says in ALTERED
+]
+CASES.append(
+    Case("ensemble member with list metadata", lambda t, s, r: ["ensemble", str(r), str(_altered(t, r, lambda p: p.update(metadata=[1]))), "--out", str(t / "e.pt")], ("altered.pt", "metadata is not a mapping"))
+)  # fmt: skip
 
 
 def _touch(path: Path) -> Path:

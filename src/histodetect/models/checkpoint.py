@@ -171,26 +171,67 @@ def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
         raise HistodetectError(f"{file} is an ONNX model, which predict, slide and serve run; this "
                                "command needs the model.pt it was exported from.")  # fmt: skip
     payload = _read(file)
+    spec, state, metadata = _parts(file, payload)
     if payload.get("format") == FORMAT:
-        spec = ModelSpec.from_dict(payload["model_spec"])
-        state, metadata = payload["state_dict"], payload.get("metadata", {})
         _check_weights(file, state, payload.get("weights_sha256"))
         state = _dequantise_int8(state)
-    elif "hyper_parameters" in payload and "spec" in payload["hyper_parameters"]:
-        spec = ModelSpec.from_dict(payload["hyper_parameters"]["spec"])
-        state = _weights_from_lightning(payload["state_dict"])
-        metadata = {"epoch": payload.get("epoch"), "global_step": payload.get("global_step")}
-    else:
-        raise HistodetectError(f"{file} is not a histodetect model or training checkpoint.")
-    model = build_model(spec)
+    try:
+        model = build_model(spec)
+    except HistodetectError as exc:
+        raise HistodetectError(
+            f"{file} asks for a model this histodetect cannot build: {exc}"
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
+        lines = [line.strip() for line in str(exc).splitlines()[1:] if line.strip()]
         raise HistodetectError(
-            f"{file} does not match model {spec.model_name}: {str(exc)[:200]}"
+            f"{file} does not match model {spec.model_name} ({lines[0] if lines else exc}); it was "
+            "saved from another architecture or is damaged: export it again from its run folder."
         ) from exc
     model.eval()
     return LoadedModel(model=model, spec=spec, path=file, metadata=metadata)
+
+
+def _parts(file: Path, payload: dict[str, Any]) -> tuple[ModelSpec, dict[str, Any], dict[str, Any]]:
+    """The spec, weights and metadata of a model file or a training checkpoint.
+
+    Raises:
+        HistodetectError: naming the file, when a part is missing or of the wrong kind (a file
+            torch can read but that histodetect did not write, or whose payload was altered).
+    """
+    if payload.get("format") == FORMAT:
+        spec_dict, state = payload.get("model_spec"), payload.get("state_dict")
+        metadata = payload.get("metadata", {})
+    elif (
+        isinstance(payload.get("hyper_parameters"), dict) and "spec" in payload["hyper_parameters"]
+    ):
+        spec_dict, raw = payload["hyper_parameters"]["spec"], payload.get("state_dict")
+        state = _weights_from_lightning(raw) if isinstance(raw, dict) else None
+        metadata = {"epoch": payload.get("epoch"), "global_step": payload.get("global_step")}
+    else:
+        raise HistodetectError(f"{file} is not a histodetect model or training checkpoint.")
+    weights_ok = (
+        isinstance(state, dict)
+        and bool(state)
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items())
+    )
+    problem = (
+        "its model spec is missing or not a mapping" if not isinstance(spec_dict, dict)
+        else "its weights are missing or not tensors" if not weights_ok
+        else "its metadata is not a mapping" if not isinstance(metadata, dict)
+        else None
+    )  # fmt: skip
+    if problem is not None:
+        raise HistodetectError(
+            f"{file} is damaged or was not written by histodetect ({problem}); copy it again, "
+            "or export it again from its run folder."
+        )
+    try:
+        spec = ModelSpec.from_dict(spec_dict)  # type: ignore[arg-type]
+    except HistodetectError as exc:
+        raise HistodetectError(f"{file} holds an invalid model spec: {exc}") from None
+    return spec, state, metadata  # type: ignore[return-value]
 
 
 EMA_PREFIX = "ema.module."
