@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -243,6 +244,27 @@ def _set_label(value: str | None) -> Callable[[list[str]], list[str]]:
     return edit
 
 
+def _manifest_not_utf8(tmp: Path) -> list[str]:
+    """A Latin-1 byte in manifest.csv (an edit in another encoding): it was an internal error."""
+    store = _store(tmp, _rng())
+    data = (store / "manifest.csv").read_bytes()
+    (store / "manifest.csv").write_bytes(data.replace(b"\n", b"\xe9\n", 1))
+    return ["inspect", "st"]
+
+
+def _header_edit(**changes: object) -> Callable[[Path], list[str]]:
+    """header.json with `changes` (values the store's readers choked on: inspect crashed)."""
+
+    def build(tmp: Path) -> list[str]:
+        store = _store(tmp, _rng())
+        header = json.loads((store / "header.json").read_text())
+        header.update(changes)
+        (store / "header.json").write_text(json.dumps(header))
+        return ["inspect", "st"]
+
+    return build
+
+
 REPORT = ("st.ingest_report.md",)  # a failed ingest lists its problems there
 
 
@@ -309,6 +331,12 @@ CASES = [
     Case("manifest_empty_label", _manifest_edit(_set_label("")), ("st/manifest.csv", "label ''")),
     Case("manifest_row_removed", _manifest_edit(lambda lines: lines[:-1]), ("st/manifest.csv", "5 rows")),
     Case("manifest_label_flipped", _manifest_edit(_set_label(None)), ("st/manifest.csv", "header.json")),
+    Case("manifest_not_utf8", _manifest_not_utf8, ("st/manifest.csv", "not UTF-8")),
+    Case("header_counts_a_list", _header_edit(counts=[1, 2]), ("st/header.json", "counts")),
+    Case("header_counts_without_a_class", _header_edit(counts={"train": {"total": 6}}), ("st/header.json", "counts")),
+    Case("header_count_a_string", _header_edit(counts={"train": {"total": "6", "tumour": 3, "normal": 3, "unlabelled": 0}}), ("st/header.json", "counts")),
+    Case("header_tumour_fraction_a_string", _header_edit(tumour_fraction="half"), ("st/header.json", "tumour_fraction")),
+    Case("header_format_version_a_string", _header_edit(format_version="1"), ("st/header.json", "format_version '1'")),
 ]  # fmt: skip
 
 

@@ -96,12 +96,15 @@ class Manifest:
     @classmethod
     def read_csv(cls, path: Path) -> Manifest:
         """Read a manifest written by `write_csv`, refusing rows it could not have written."""
-        with path.open(newline="") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or tuple(header) != MANIFEST_COLUMNS:
-                raise HistodetectError(f"{path} is not a histodetect manifest (bad header).")
-            rows = list(reader)
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                reader = csv.reader(f)
+                header = next(reader, None)
+                if header is None or tuple(header) != MANIFEST_COLUMNS:
+                    raise HistodetectError(f"{path} is not a histodetect manifest (bad header).")
+                rows = list(reader)
+        except UnicodeDecodeError as exc:  # histodetect writes UTF-8: an edit or a damaged copy
+            raise _damaged(path, f"byte {exc.start} is not UTF-8 text") from None
         for line, row in enumerate(rows, start=2):
             if len(row) != len(MANIFEST_COLUMNS):
                 raise _damaged(
@@ -224,6 +227,8 @@ def _read_header(root: Path) -> dict[str, Any]:
             path, "it is not a histodetect store header (valid JSON with format_version)"
         )
     version = header["format_version"]
+    if not _is_whole(version):
+        raise _damaged(path, f"its format_version {version!r} is not a whole number")
     if version != STORE_FORMAT_VERSION:
         raise HistodetectError(
             f"{root} has store format {version}, this histodetect reads "
@@ -232,7 +237,30 @@ def _read_header(root: Path) -> dict[str, Any]:
     missing = [k for k in ("n_patches", "fingerprint", "counts") if k not in header]
     if missing or not isinstance(header["n_patches"], int):
         raise _damaged(path, f"it lacks {', '.join(missing) or 'a whole n_patches'}")
+    fraction = header.get("tumour_fraction")
+    if not _counts_ok(header["counts"]) or not (fraction is None or _is_number(fraction)):
+        raise _damaged(path, "its counts or tumour_fraction are not what ingest writes")
     return header
+
+
+COUNT_KEYS = ("total", "tumour", "normal", "unlabelled")
+"""What header.json's counts hold for each split (data.writer)."""
+
+
+def _counts_ok(counts: object) -> bool:
+    """header.json's counts as ingest writes them: per split, a whole number per `COUNT_KEYS`."""
+    return isinstance(counts, dict) and all(
+        isinstance(c, dict) and all(k in c and _is_whole(c[k]) for k in COUNT_KEYS)
+        for c in counts.values()
+    )
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _header_json(path: Path) -> dict[str, Any] | None:
