@@ -203,6 +203,11 @@ CASES += [
     Case(f"model file: {name}", lambda t, s, r, e=edit: _predict(t, s, _altered(t, r, e)), says)
     for name, edit, says in ALTERED
 ]
+CASES += [  # a negative seed was an internal error in inspect (numpy refuses it)
+    Case("inspect negative seed", lambda t, s, r: ["inspect", str(s), "--out", str(t / "io"), "--seed=-1"], ("--seed", "-1 is not a seed")),
+    Case("train seed beyond 32 bits", lambda t, s, r: _train(t, s, "--seed", str(2**32)), ("--seed", "is not a seed")),
+    Case("evaluate negative shift seed", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--shift-seed=-2"], ("--shift-seed", "not a seed")),
+]  # fmt: skip
 CASES.append(
     Case("ensemble member with list metadata", lambda t, s, r: ["ensemble", str(r), str(_altered(t, r, lambda p: p.update(metadata=[1]))), "--out", str(t / "e.pt")], ("altered.pt", "metadata is not a mapping"))
 )  # fmt: skip

@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also report AUC under seeded image shifts: a comma list of stain, colour, gamma, "
         "blur, jpeg, noise, or all (robustness to other labs and scanners)",
     )
-    parser.add_argument("--shift-seed", type=int, default=0, help="seed of the shifts (default 0)")
+    parser.add_argument(
+        "--shift-seed", type=options.seed_value, default=0, help="seed of the shifts (default 0)"
+    )
     parser.add_argument(
         "--overwrite",
         action="store_true",

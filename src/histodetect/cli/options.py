@@ -16,8 +16,23 @@ def add_progress(parser: argparse.ArgumentParser) -> None:
 def add_seed(parser: argparse.ArgumentParser, default: int = 0) -> None:
     """--seed: the one seed for splits, sampling and initialisation."""
     parser.add_argument(
-        "--seed", type=int, default=default, help=f"random seed (default {default})"
+        "--seed", type=seed_value, default=default, help=f"random seed (default {default})"
     )
+
+
+SEED_LIMIT = 2**32
+"""Seeds are 0 to 2**32 - 1: what numpy's generators and Lightning's seed_everything take."""
+
+
+def seed_value(text: str) -> int:
+    """argparse type: a seed, a whole number in [0, 2**32) (argparse names the option)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{value} is not a seed; give 0 to {SEED_LIMIT - 1}")
+    return value
 
 
 def add_workers(parser: argparse.ArgumentParser) -> None:
