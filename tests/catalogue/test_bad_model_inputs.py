@@ -86,6 +86,24 @@ def _nan_model(tmp: Path, run: Path) -> Path:
     return target
 
 
+def _other_model(tmp: Path, run: Path) -> Path:
+    """A second model: the run's weights moved a little (an ensemble refuses one model twice)."""
+    loaded = load_checkpoint(run / "model.pt")
+    with torch.no_grad():
+        for parameter in loaded.model.parameters():
+            parameter.add_(1e-3)
+    target = tmp / "other.pt"
+    save_model(target, loaded.model, loaded.spec, loaded.metadata)
+    return target
+
+
+def _nested_ensemble(tmp: Path, run: Path) -> list[str]:
+    """An ensemble given as a member: it was written, and then no command could load it."""
+    inner = tmp / "inner.pt"
+    assert main(["ensemble", str(run), str(_other_model(tmp, run)), "--out", str(inner)]) == 0
+    return ["ensemble", str(inner), str(run), "--out", str(tmp / "e.pt")]
+
+
 def _one_class_store(tmp: Path, store: Path) -> Path:
     from histodetect.data.store import open_store
 
@@ -207,6 +225,12 @@ CASES += [  # a negative seed was an internal error in inspect (numpy refuses it
     Case("inspect negative seed", lambda t, s, r: ["inspect", str(s), "--out", str(t / "io"), "--seed=-1"], ("--seed", "-1 is not a seed")),
     Case("train seed beyond 32 bits", lambda t, s, r: _train(t, s, "--seed", str(2**32)), ("--seed", "is not a seed")),
     Case("evaluate negative shift seed", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--shift-seed=-2"], ("--shift-seed", "not a seed")),
+]  # fmt: skip
+CASES += [
+    Case("ensemble of one model twice", lambda t, s, r: ["ensemble", str(r), str(r / "model.pt"), "--out", str(t / "e.pt")], ("model.pt has the same weights as", "give different models")),
+    Case("ensemble of an ensemble", lambda t, s, r: _nested_ensemble(t, r), ("inner.pt is itself an ensemble",)),
+    Case("ensemble out not a .pt", lambda t, s, r: ["ensemble", str(r), str(_other_model(t, r)), "--out", str(t / "e.onnx")], ("--out", "e.onnx must end in .pt")),
+    Case("ensemble out is one of its models", lambda t, s, r: ["ensemble", str(r), str(_other_model(t, r)), "--out", str(t / "other.pt"), "--overwrite"], ("other.pt is one of the models",)),
 ]  # fmt: skip
 CASES.append(
     Case("ensemble member with list metadata", lambda t, s, r: ["ensemble", str(r), str(_altered(t, r, lambda p: p.update(metadata=[1]))), "--out", str(t / "e.pt")], ("altered.pt", "metadata is not a mapping"))
@@ -336,7 +360,7 @@ def test_read_only_out_is_one_sentence(
         argv = {
             "predict": ["predict", str(store), "--model", str(run), "--out", str(folder / "p.csv"), "--no-progress"],
             "evaluate": ["evaluate", str(run), "--data", str(store), "--out", str(folder / "report")],
-            "ensemble": ["ensemble", str(run), str(run), "--out", str(folder / "e.pt")],
+            "ensemble": ["ensemble", str(run), str(_other_model(tmp_path, run)), "--out", str(folder / "e.pt")],
             "calibrate": ["calibrate", str(folder / "model.pt"), "--data", str(store), "--split", "all"],
         }[command]  # fmt: skip
         capsys.readouterr()

@@ -25,6 +25,12 @@ def run(args: argparse.Namespace) -> int:
     out: Path = args.out
     if out.is_dir():
         raise HistodetectError(f"--out {out} is a folder; give a file name such as {out}/model.pt.")
+    if out.suffix != ".pt":
+        raise HistodetectError(f"--out {out} must end in .pt: the ensemble is a model.pt file "
+                               "(`histodetect export` makes an .onnx from it).")  # fmt: skip
+    if any(out.resolve() in (m.resolve(), (m / "model.pt").resolve()) for m in args.models):
+        raise HistodetectError(f"--out {out} is one of the models to combine; write the "
+                               "ensemble to another file.")  # fmt: skip
     check_replaceable_file(out, args.overwrite, is_model_file, "a histodetect model file")
     path = make_ensemble(args.models, out)  # creates out's folder only once the members load
     print(f"Ensemble of {len(args.models)} models written to {path} (uncalibrated); next: "

@@ -61,6 +61,27 @@ def build_ensemble(
     return Ensemble([_member(i, entry, input_size_px) for i, entry in enumerate(members)])
 
 
+def _check_members(loaded: Sequence[Any]) -> None:
+    """Refuse a member that is an ensemble (no command could load the result) and a model given
+    twice (the same model at twice the cost, which its calibration would then report on)."""
+    from histodetect.models.checkpoint import weights_checksum
+
+    seen: dict[str, Path] = {}
+    for member in loaded:
+        if member.spec.model_name == "ensemble":
+            raise HistodetectError(
+                f"{member.path} is itself an ensemble, and an ensemble cannot contain another; "
+                "give the models it was made of instead."
+            )
+        checksum = weights_checksum(member.model.state_dict())
+        if checksum in seen:
+            raise HistodetectError(
+                f"{member.path} has the same weights as {seen[checksum]}: an ensemble of one "
+                "model twice is that model at twice the cost; give different models."
+            )
+        seen[checksum] = member.path
+
+
 def make_ensemble(model_paths: Sequence[Path | str], out: Path | str) -> Path:
     """Combine trained models into one ensemble model file (uncalibrated: temperature 1,
     threshold 0.5; run `histodetect calibrate` on it next).
@@ -74,6 +95,7 @@ def make_ensemble(model_paths: Sequence[Path | str], out: Path | str) -> Path:
     if len(model_paths) < 2:
         raise HistodetectError("give at least two models to combine into an ensemble.")
     loaded = [load_checkpoint(path) for path in model_paths]
+    _check_members(loaded)
     first = loaded[0].spec
     for other in loaded[1:]:
         same = (other.spec.patch_size_px, other.spec.crop_px) == (first.patch_size_px,
