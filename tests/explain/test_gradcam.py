@@ -142,3 +142,27 @@ def test_explain_bad_input_is_one_sentence(
     err = capsys.readouterr().err.strip()
     assert message.format(**names) in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_explain_lists_a_patch_given_twice_twice_and_fits_other_sizes(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    patch = sorted((shared_data / "pcam-subset" / "valid" / "1").glob("*.jpg"))[0]
+    small = tmp_path / "small.png"  # explain advised --resize for it, an option it lacked
+    Image.open(patch).convert("RGB").resize((50, 50)).save(small)
+    out = tmp_path / "explained"
+    argv = ["explain", str(patch), str(patch), str(small), "--out", str(out), "--no-progress"]
+    assert main([*argv, "--device", "cpu", "--workers", "1"]) == 0
+    with (out / "explanations.csv").open() as f:
+        small_row = list(csv.DictReader(f))[2]
+    assert "--resize" in small_row["error"] and not small_row["overlay"]
+    assert main([*argv, "--device", "cpu", "--workers", "1", "--resize", "--overwrite"]) == 0
+    with (out / "explanations.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    # both copies of the patch get their own PNG (the first was left unlisted before)
+    overlays = [r["overlay"] for r in rows]
+    assert [r["id"] for r in rows] == [patch.stem, patch.stem, "small"] and "" not in overlays
+    assert len(set(overlays)) == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted([*overlays, "explanations.csv"])
+    assert rows[0]["probability"] == rows[1]["probability"]
+    assert main([*argv, "--resize", "--overwrite"]) == 0  # explain's own folder stays its own

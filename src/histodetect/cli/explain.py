@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
     )
+    options.add_fit_to_size(parser)
     options.add_inference(parser)
     options.add_workers(parser)
     options.add_overwrite(parser)
@@ -49,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         progress=args.progress,
         workers=args.workers,
+        resize=args.resize,
+        center_crop=args.center_crop,
     )
     failed = [row for row in rows if row.error is not None]
     for row in failed[:MAX_LISTED_FAILURES]:

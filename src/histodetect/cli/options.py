@@ -56,6 +56,17 @@ def _non_negative_int(text: str) -> int:
     return value
 
 
+def add_fit_to_size(parser: argparse.ArgumentParser) -> None:
+    """--resize / --center-crop: what to do with images that are not the model's patch size."""
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--resize", action="store_true", help="resize images of another size (bicubic)"
+    )
+    size.add_argument(
+        "--center-crop", action="store_true", help="take the central patch of larger images"
+    )
+
+
 def add_out(parser: argparse.ArgumentParser, what: str, required: bool = True) -> None:
     """--out: where the command writes."""
     parser.add_argument("--out", type=Path, required=required, help=what)

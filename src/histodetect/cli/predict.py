@@ -36,13 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add class (0/1 at the model's threshold) and class_name columns",
     )
-    size = parser.add_mutually_exclusive_group()
-    size.add_argument(
-        "--resize", action="store_true", help="resize images of another size (bicubic)"
-    )
-    size.add_argument(
-        "--center-crop", action="store_true", help="take the central patch of larger images"
-    )
+    options.add_fit_to_size(parser)
     options.add_inference(parser)
     options.add_workers(parser)
     options.add_overwrite(parser)

@@ -70,6 +70,8 @@ def explain_inputs(
     overwrite: bool = False,
     progress: bool = True,
     workers: int = 0,
+    resize: bool = False,
+    center_crop: bool = False,
 ) -> list[PredictionRow]:
     """Write `<id>.png` (patch | Grad-CAM overlay) per patch and explanations.csv to `out`.
 
@@ -85,8 +87,9 @@ def explain_inputs(
     check_out_folder(out, overwrite)
     groups = collect_inputs(inputs)
     batches = iter_batches(
-        groups, predictor.spec.patch_size_px, workers=workers or default_workers()
-    )
+        groups, predictor.spec.patch_size_px, resize=resize, center_crop=center_crop,
+        workers=workers or default_workers(),
+    )  # fmt: skip
     with atomic_dir(out, replace=overwrite) as tmp:
         total = sum(group.n_patches for group in groups)
         with tqdm(total=total, unit="patch", desc="explain", disable=not progress) as bar:
@@ -97,26 +100,32 @@ def explain_inputs(
 
 def _explain_batches(
     batches: Iterable[Batch], predictor: Predictor, folder: Path, advance: Callable[[int], object]
-) -> tuple[list[PredictionRow], dict[str, str]]:
+) -> tuple[list[PredictionRow], list[str | None]]:
     """Score and explain each batch, saving one PNG per readable patch into `folder`.
 
     Returns:
-        The rows in order, and the PNG file name of each readable row's path.
+        The rows in order, and each row's PNG file name (None for an unreadable one), by
+        position: one input given twice is two rows with two PNGs.
     """
     from histodetect.inference.predictor import batch_rows
 
     rows: list[PredictionRow] = []
-    names: dict[str, str] = {}
+    names: list[str | None] = []
     taken: set[str] = set()
     for batch in batches:
         probs = predictor.predict_pixels(batch.pixels)
         heat = gradcam(predictor.model, predictor.spec, batch.pixels, device=predictor.device)
         new_rows = batch_rows(batch, probs)
-        ok = [row for row in new_rows if row.error is None]
-        for row, patch, h in zip(ok, batch.pixels, heat, strict=True):
-            names[row.path] = _png_name(row.id, taken)
-            taken.add(names[row.path])
-            _save_pair(folder / names[row.path], patch, colour_overlay(patch, h))
+        readable = iter(zip(batch.pixels, heat, strict=True))
+        for row in new_rows:
+            if row.error is not None:
+                names.append(None)
+                continue
+            patch, h = next(readable)
+            name = _png_name(row.id, taken)
+            taken.add(name)
+            names.append(name)
+            _save_pair(folder / name, patch, colour_overlay(patch, h))
         rows += new_rows
         advance(len(new_rows))
     return rows, names
@@ -140,17 +149,17 @@ def _save_pair(path: Path, patch: np.ndarray, overlay: np.ndarray) -> None:
 
 
 def _write_csv(
-    path: Path, rows: Sequence[PredictionRow], names: dict[str, str], predictor: Predictor
+    path: Path, rows: Sequence[PredictionRow], names: Sequence[str | None], predictor: Predictor
 ) -> None:
     spec = predictor.spec
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        for row in rows:
+        for row, name in zip(rows, names, strict=True):
             record = dict.fromkeys(CSV_COLUMNS, "")
             record |= {"id": row.id, "path": row.path, "error": row.error or ""}
             if row.probability is not None:
                 label = int(row.probability >= spec.threshold)
                 record |= {"probability": f"{row.probability:.6f}", "class": str(label),
-                           "class_name": spec.class_names[label], "overlay": names[row.path]}  # fmt: skip
+                           "class_name": spec.class_names[label], "overlay": name or ""}  # fmt: skip
             writer.writerow(record)
