@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from histodetect.cli.main import main
+from histodetect.modelfiles import bundled_model_path
 from histodetect.models import tiny_model_kwargs
 from histodetect.models.checkpoint import load_checkpoint, save_model
 from imagefiles import make_synthetic_store
@@ -232,6 +233,9 @@ CASES += [
     Case("ensemble out not a .pt", lambda t, s, r: ["ensemble", str(r), str(_other_model(t, r)), "--out", str(t / "e.onnx")], ("--out", "e.onnx must end in .pt")),
     Case("ensemble out is one of its models", lambda t, s, r: ["ensemble", str(r), str(_other_model(t, r)), "--out", str(t / "other.pt"), "--overwrite"], ("other.pt is one of the models",)),
 ]  # fmt: skip
+CASES.append(  # calibrate rewrote the model file installed with the package
+    Case("calibrate the bundled model", lambda t, s, r: ["calibrate", str(bundled_model_path()), "--data", str(s), "--split", "all"], ("installed with histodetect", "calibrate the copy"))
+)  # fmt: skip
 CASES.append(
     Case("ensemble member with list metadata", lambda t, s, r: ["ensemble", str(r), str(_altered(t, r, lambda p: p.update(metadata=[1]))), "--out", str(t / "e.pt")], ("altered.pt", "metadata is not a mapping"))
 )  # fmt: skip
@@ -483,3 +487,20 @@ def test_convolutions_onednn_trains_wrong_on_nhwc_keep_the_default_layout(
     assert not trains_nhwc(tiny_histonet)
     histocnn = build_model(ModelSpec("histocnn", tiny_model_kwargs("histocnn")))
     assert trains_nhwc(histocnn)
+
+
+def test_calibrating_through_a_link_calibrates_its_file_and_keeps_the_link(
+    store: Path, run: Path, tmp_path: Path
+) -> None:
+    """It replaced the link with a calibrated copy and left the file it pointed to as it was."""
+    target = tmp_path / "models" / "model.pt"
+    target.parent.mkdir()
+    shutil.copy(run / "model.pt", target)
+    link = tmp_path / "current.pt"
+    link.symlink_to(target)
+    before = load_checkpoint(target).spec
+    assert main(["calibrate", str(link), "--data", str(store), "--split", "all"]) == 0
+    assert link.is_symlink() and link.resolve() == target.resolve()
+    after = load_checkpoint(target).spec
+    assert (after.temperature, after.threshold) != (before.temperature, before.threshold)
+    assert load_checkpoint(target).metadata["calibration"]["split"] == "all"

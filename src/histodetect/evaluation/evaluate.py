@@ -116,6 +116,21 @@ def _score(
     return require_finite(logits, loaded.path)
 
 
+def _refuse_the_bundled_model(path: Path) -> None:
+    """Calibration rewrites the model file: never the one installed with histodetect."""
+    from histodetect.modelfiles import bundled_model_path
+
+    try:
+        bundled = bundled_model_path().resolve()
+    except HistodetectError:  # an installation without one
+        return
+    if path.resolve() == bundled:
+        raise HistodetectError(
+            f"{path} is the model installed with histodetect, which calibrate would rewrite; "
+            "copy it (e.g. cp it to my_model.pt) and calibrate the copy."
+        )
+
+
 def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: str, tta: bool,
               device: str = "auto", batch_size: int = 256, precision: str = "auto") -> LoadedModel:  # fmt: skip
     """Fit temperature and threshold on `split`; save them into the model file's ModelSpec."""
@@ -126,6 +141,7 @@ def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: 
         raise HistodetectError(
             f"calibration is saved into a {MODEL_FILE}; {loaded.path} is a training checkpoint."
         )
+    _refuse_the_bundled_model(loaded.path)
     logits = _score(loaded, store, split.indices, tta, device, batch_size, precision)
     labels = store.manifest.labels[split.indices].astype(int)
     temperature = fit_temperature(logits, labels)

@@ -151,7 +151,9 @@ def _check_weights(file: Path, state: dict[str, Any], expected: str | None) -> N
 
 
 def update_spec(path: Path, spec: ModelSpec, metadata_update: dict[str, Any] | None = None) -> None:
-    """Rewrite the spec (e.g. a fitted threshold and temperature) of an exported model file."""
+    """Rewrite the spec (e.g. a fitted threshold and temperature) of an exported model file;
+    through a symbolic link, the file it points to (the link stays a link)."""
+    path = Path(path).resolve()
     payload = _read(path)
     if payload.get("format") != FORMAT:
         raise HistodetectError(f"{path} is not an exported histodetect model ({MODEL_FILE}).")
