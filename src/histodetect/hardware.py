@@ -147,24 +147,27 @@ def use_channels_last(
 
 
 def nhwc_fp32_training_is_safe(model: nn.Module) -> bool:
-    """False when `model` has a convolution oneDNN's AVX2 kernels train wrong on NHWC tensors.
+    """False when `model` has a convolution oneDNN's fp32 kernels train wrong on NHWC tensors.
 
     Measured on an AVX2-only AMD EPYC (torch 2.13.0, oneDNN's `jit_avx2_1x1_convolution_bwd_
     weights_t`): the weight gradient of a 1x1 convolution with stride 2 and 2 to 7 input
     channels on channels_last tensors came out wrong (relative error 0.3-4.7), hung or
     segfaulted, depending on the size; NCHW, 3x3 kernels, stride 1 and 1 or 8+ input channels
-    were right. So: no strided 1x1 convolution with fewer than 8 input channels (a SIMD
-    register of fp32), and no grouped convolutions (not measured).
+    were right. On an AMD EPYC Zen 4 (AVX-512) the same backward segfaulted with 2 to 15 input
+    channels at some sizes and was right with 1 or 16+. So: no strided 1x1 convolution with
+    fewer input channels than a SIMD register holds fp32 values (8 with AVX2, 16 with
+    AVX-512), and no grouped convolutions (not measured).
     """
     from torch import nn
 
+    register = 16 if "avx512f" in _cpuinfo_flags() else 8
     for module in model.modules():
         if not isinstance(module, nn.Conv2d):
             continue
         if module.groups != 1:
             return False
         strided = any(s > 1 for s in module.stride)
-        if module.kernel_size == (1, 1) and strided and module.in_channels < 8:
+        if module.kernel_size == (1, 1) and strided and module.in_channels < register:
             return False
     return True
 

@@ -489,6 +489,30 @@ def test_convolutions_onednn_trains_wrong_on_nhwc_keep_the_default_layout(
     assert trains_nhwc(histocnn)
 
 
+def test_strided_1x1_convolutions_under_16_channels_keep_the_default_layout_on_avx512(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On an AMD EPYC Zen 4 (AVX-512, torch 2.13.0) the channels_last fp32 backward of a 1x1
+    stride-2 convolution with 2-15 input channels segfaulted (the test suite's gradient check
+    on a histonet with an 8-channel shortcut killed `make test`); a SIMD register there holds
+    16 fp32 values, so 8-15 input channels, safe on AVX2, are refused too, even when
+    HISTODETECT_CPU_NHWC=1 forces the layout."""
+    from histodetect import hardware
+    from histodetect.models import ModelSpec, build_model
+
+    monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset({"avx2", "avx512f"}))
+    for in_channels, stride, safe in [(8, 2, False), (15, 2, False), (16, 2, True), (8, 1, True)]:
+        conv = torch.nn.Conv2d(in_channels, 8, 1, stride=stride)
+        assert hardware.nhwc_fp32_training_is_safe(conv) == safe, (in_channels, stride)
+    model = build_model(
+        ModelSpec("histonet", {"stage_widths": (8, 16), "blocks_per_stage": (1, 1)})
+    )
+    monkeypatch.setenv(hardware.ENV_CPU_NHWC, "1")
+    assert not hardware.use_channels_last("cpu", "32-true", training=True, model=model)
+    monkeypatch.setattr(hardware, "_cpuinfo_flags", lambda: frozenset({"avx2"}))
+    assert hardware.use_channels_last("cpu", "32-true", training=True, model=model)
+
+
 def test_calibrating_through_a_link_calibrates_its_file_and_keeps_the_link(
     store: Path, run: Path, tmp_path: Path
 ) -> None:
