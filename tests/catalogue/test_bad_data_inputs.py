@@ -7,6 +7,7 @@ Add a case here for every defect found in how the data commands treat a bad inpu
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
 import json
@@ -508,6 +509,28 @@ def test_truncated_h5_given_to_predict_is_one_sentence(tmp_path: Path) -> None:
     x.write_bytes(x.read_bytes()[:5000])
     with pytest.raises(HistodetectError, match=f"{x} cannot be read as an HDF5 file.*truncated"):
         collect_inputs([x])
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_inputs_none_of_which_can_be_read_exit_2_with_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """predict and explain exited 1, an internal error's code, when every input was unreadable:
+    now 2 and one sentence naming the CSV whose error column says why (still written)."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.png").write_text("not an image")
+    (tmp_path / "in" / "b.tif").write_bytes(b"")
+    out = tmp_path / ("p.csv" if command == "predict" else "ex")
+    argv = [command, str(tmp_path / "in"), "--out", str(out), "--device", "cpu", *QUIET]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    table = out if command == "predict" else out / "explanations.csv"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: none of the 2 inputs could be") and str(table) in last, err
+    assert "Traceback" not in err
+    assert all(row["error"] for row in csv.DictReader(table.open(encoding="utf-8")))
+    save_image(tmp_path / "in" / "c.png", random_patch(_rng()))  # one readable patch: 0
+    assert main([*argv, "--overwrite"]) == 0
 
 
 def test_split_folders_spelled_otherwise_are_stored_under_the_names_train_knows(

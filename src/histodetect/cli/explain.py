@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from histodetect.cli import options
+from histodetect.cli.predict import MAX_LISTED_FAILURES, nothing_done
 
 HELP = "Grad-CAM overlays (which pixels drove the decision) and probabilities of single patches"
-MAX_LISTED_FAILURES = 10
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from histodetect.explain.explanations import check_out_folder, explain_inputs
+    from histodetect.explain.explanations import CSV_FILE, check_out_folder, explain_inputs
     from histodetect.inference.predictor import Predictor
 
     check_out_folder(args.out, args.overwrite)
@@ -57,4 +57,4 @@ def run(args: argparse.Namespace) -> int:
     for row in failed[:MAX_LISTED_FAILURES]:
         print(f"  {row.path}: {row.error}", file=sys.stderr)
     print(f"{len(rows) - len(failed)} patches explained, {len(failed)} failed; see {args.out}.")
-    return 1 if failed and len(failed) == len(rows) else 0
+    return nothing_done(len(failed), len(rows), "explained", args.out / CSV_FILE)
