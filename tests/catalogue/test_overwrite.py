@@ -93,6 +93,16 @@ def _predict_over_own_csv(t: Path, s: Path, r: Path) -> tuple[list[str], Path]:
     return ["predict", str(_image(t).parent), "--model", str(r), "--out", str(thesis)], thesis
 
 
+def _predict_over_own_labels(t: Path, s: Path, r: Path) -> tuple[list[str], Path]:
+    """Kaggle's train_labels.csv has predict's header (id,label): the header alone let
+    --overwrite replace a user's ground truth (from a bad-input hunt, 7 Dec)."""
+    labels = t / "train_labels.csv"
+    labels.write_text(
+        "id,label\nf38a6374c348f90b587e046aac6079959adf3835,0\nc18f2d887b7ae4f6742ee445113fa1aef383ed77,1\n"
+    )
+    return ["predict", str(_image(t).parent), "--model", str(r), "--out", str(labels)], labels
+
+
 def _ensemble_over_own_file(t: Path, s: Path, r: Path) -> tuple[list[str], Path]:
     mine = _own_file(t, "weights.pt")
     return ["ensemble", str(r), str(r), "--out", str(mine)], mine
@@ -119,6 +129,7 @@ CASES = [
     Case("predict over a store's manifest", _predict_over_manifest, ("manifest.csv", "inside the patch store")),
     Case("predict into a store folder", _predict_into_store, ("inside the patch store", "elsewhere")),
     Case("predict over a user's CSV", _predict_over_own_csv, ("thesis.csv", "not a predictions CSV")),
+    Case("predict over a user's labels CSV", _predict_over_own_labels, ("train_labels.csv", "not a predictions CSV")),
     Case("ensemble over a user's file", _ensemble_over_own_file, ("weights.pt", "not a histodetect model file")),
     Case("evaluate over a user's folder", _evaluate_over_own_folder, ("myreport", "holds no metrics.json")),
     Case("evaluate over a report with a user's file", _evaluate_over_report_with_extras, ("notes.txt", "not an evaluate report")),

@@ -212,7 +212,7 @@ def test_existing_output_is_refused_without_overwrite(
     assert main([*argv, "--no-progress", "--overwrite"]) == 2
     assert "not a predictions CSV" in capsys.readouterr().err
     assert out.read_text() == "mine\n"
-    out.write_text("id,label\nold,0.5\n")  # an earlier prediction
+    out.write_text("id,label,error\nold,0.500000,\nbad,,cannot be read\n")  # an earlier prediction
     assert main([*argv, "--no-progress", "--overwrite"]) == 0
     assert [r["id"] for r in _read_csv(out)] == ["a"]
 

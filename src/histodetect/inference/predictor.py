@@ -277,14 +277,33 @@ def check_output(out: Path, overwrite: bool) -> None:
 
 
 def is_predictions_csv(path: Path) -> bool:
-    """True when `path` starts with a header `write_predictions_csv` writes (id,label[,...])."""
+    """True when `path` holds what `write_predictions_csv` writes: a header id,label[,...] and
+    in every row a label that is empty (an error row) or a probability with six decimals.
+
+    The header alone also matched a user's own labels (Kaggle's train_labels.csv is `id,label`
+    with 0 / 1), which --overwrite then replaced.
+    """
+    import csv
+    import re
+
+    probability = re.compile(r"[01]\.\d{6}")
     try:
-        with path.open("rb") as f:
-            first = f.readline(4096).decode("utf-8").strip()
-    except (OSError, UnicodeDecodeError):
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            columns = next(reader, [])
+            if columns[:2] != ["id", "label"] or not set(columns) <= set(PREDICTION_COLUMNS):
+                return False
+            for record in reader:
+                if len(record) != len(columns):
+                    return False
+                label = record[1]
+                if label and not (probability.fullmatch(label) and float(label) <= 1.0):
+                    return False
+                if not label and ("error" not in columns or not record[columns.index("error")]):
+                    return False
+    except (OSError, UnicodeDecodeError, csv.Error):
         return False
-    columns = first.split(",")
-    return columns[:2] == ["id", "label"] and set(columns) <= set(PREDICTION_COLUMNS)
+    return True
 
 
 def csv_columns(rows: Sequence[PredictionRow], with_path: bool, with_class: bool) -> list[str]:
