@@ -147,6 +147,55 @@ def test_overwrite_replaces_a_finished_result_only(
     assert (out / "layout" / "tiles.csv").exists()
 
 
+@pytest.mark.parametrize("damage", ["user's own summary.json", "emptied summary", "heatmap gone"])
+def test_a_folder_that_only_looks_finished_is_neither_skipped_nor_replaced(
+    tiff_result: Path,
+    tiff_slide: LayoutSlide,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    """A summary.json was all `is_finished` checked: --overwrite replaced a user's folder that
+    held one, and a damaged result was skipped as done with exit 0 (from a bad-input hunt)."""
+    import shutil
+
+    out = tmp_path / "out"
+    folder = out / "layout"
+    if damage == "user's own summary.json":
+        folder.mkdir(parents=True)
+        (folder / "summary.json").write_text('{"my": "own notes"}\n')
+    else:
+        shutil.copytree(tiff_result, folder)
+        if damage == "emptied summary":
+            (folder / "summary.json").write_text("")
+        else:
+            (folder / "heatmap.png").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        assert _run([str(tiff_slide.path), "--out", str(out), "--stride-px", "96", *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{folder} exists but holds no finished slide result" in err, err
+        assert len(err.strip().splitlines()) == 1
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_a_bad_stride_is_one_sentence_for_many_slides(
+    tiff_slide: LayoutSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--stride-px 0 was checked per slide: the same error once per slide, counted as failed."""
+    import shutil
+
+    second = shutil.copy(tiff_slide.path, tmp_path / "second.tif")
+    argv = [str(tiff_slide.path), str(second), "--out", str(tmp_path / "out"), "--stride-px", "0"]
+    assert _run(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "histodetect slide: error: --stride-px must lie in 1..96 and differ from the 96 px tile "
+        "by an even number (so cells are centred in tiles), got 0."
+    ]
+    assert "failed" not in captured.out and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("when", ["scoring", "writing"])
 def test_interrupt_leaves_nothing(
     tiff_slide: LayoutSlide, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str

@@ -33,8 +33,19 @@ def slide_folder_name(path: Path) -> str:
 
 
 def is_finished(folder: Path) -> bool:
-    """True when `folder` holds a complete slide result."""
-    return (folder / SUMMARY_FILE).is_file()
+    """True when `folder` holds a complete slide result: every file `write_slide_outputs`
+    writes, and a summary.json that reads as the one it writes.
+
+    A summary.json alone was enough: a user's own file of that name let --overwrite replace
+    their folder, and a damaged result (summary emptied, heatmap gone) was skipped as done.
+    """
+    if not all((folder / name).is_file() for name in SLIDE_OUTPUTS):
+        return False
+    try:
+        summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(summary, dict) and {"slide", "n_tiles", "histodetect_version"} <= set(summary)
 
 
 def summarise(

@@ -21,6 +21,7 @@ from histodetect.slides.outputs import (
     write_slide_outputs,
 )
 from histodetect.slides.reader import open_slide
+from histodetect.slides.tiling import check_stride
 from histodetect.slides.regions import require_shapely, tumour_regions
 
 if TYPE_CHECKING:
@@ -113,8 +114,9 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
         folder = out / name
         if folder.is_dir() and not is_finished(folder) and any(folder.iterdir()):
             raise HistodetectError(
-                f"{folder} exists but holds no finished slide result; move it away or choose "
-                "another --out."
+                f"{folder} exists but holds no finished slide result (one of its files is "
+                "missing or summary.json is not the one histodetect writes); move it away or "
+                "choose another --out."
             )
         foreign = foreign_entries(folder, SLIDE_OUTPUTS) if is_finished(folder) else []
         if options.overwrite and foreign:
@@ -135,6 +137,7 @@ def run_slides(
     A slide that fails while it is processed (no tissue, a damaged tile) is reported in
     `failed` and leaves no folder; the others go on.
     """
+    check_stride(options.stride_px, predictor.spec.patch_size_px)  # once, not once per slide
     check_slides(paths, out, options)
     created = not out.exists()  # removed again if nothing is written into it
     check_out(out)

@@ -79,6 +79,19 @@ class TileBatch:
     pixels: np.ndarray
 
 
+def check_stride(stride_px: int, patch_size_px: int) -> None:
+    """Refuse a --stride-px outside 1..tile size or of the other parity than the tile.
+
+    Raises:
+        HistodetectError: naming the option and the values it takes.
+    """
+    if not 1 <= stride_px <= patch_size_px or (patch_size_px - stride_px) % 2:
+        raise HistodetectError(
+            f"--stride-px must lie in 1..{patch_size_px} and differ from the {patch_size_px} px "
+            f"tile by an even number (so cells are centred in tiles), got {stride_px}."
+        )
+
+
 def plan_grid(
     reader: SlideReader, slide_mpp: float, model_mpp: float, stride_px: int, patch_size_px: int
 ) -> Grid:
@@ -87,11 +100,7 @@ def plan_grid(
     Raises:
         HistodetectError: an unusable --stride-px, or a slide smaller than one cell.
     """
-    if not 1 <= stride_px <= patch_size_px or (patch_size_px - stride_px) % 2:
-        raise HistodetectError(
-            f"--stride-px must lie in 1..{patch_size_px} and differ from the {patch_size_px} px "
-            f"tile by an even number (so cells are centred in tiles), got {stride_px}."
-        )
+    check_stride(stride_px, patch_size_px)
     f = model_mpp / slide_mpp
     level = pick_level(reader.level_downsamples, f)
     downsample = reader.level_downsamples[level]
