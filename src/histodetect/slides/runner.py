@@ -21,8 +21,8 @@ from histodetect.slides.outputs import (
     write_slide_outputs,
 )
 from histodetect.slides.reader import open_slide
-from histodetect.slides.tiling import check_stride
 from histodetect.slides.regions import require_shapely, tumour_regions
+from histodetect.slides.tiling import check_stride
 
 if TYPE_CHECKING:
     from histodetect.inference.predictor import Predictor
