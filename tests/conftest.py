@@ -21,6 +21,15 @@ def _model_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["HISTODETECT_CPU_ONNXRUNTIME"] = "0"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _lightning_logs_to_the_session_stream() -> None:
+    """Lightning gives its logger a StreamHandler on sys.stderr when first imported. Imported
+    inside a test that captures output (capsys), the handler kept that test's stream, closed
+    afterwards, and every later train printed "--- Logging error --- Traceback" (a subset such
+    as tests/catalogue alone failed so; the whole suite imported Lightning at collection)."""
+    import lightning.pytorch  # noqa: F401
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -512,6 +512,47 @@ def test_truncated_h5_given_to_predict_is_one_sentence(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("command", ["predict", "explain"])
+def test_inputs_that_hold_no_patch_are_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """An empty PCam _x.h5 gave exit 0 and "0 predicted, 0 failed" (from a bad-input hunt)."""
+    x = tmp_path / "camelyonpatch_level_2_split_test_x.h5"
+    with h5py.File(x, "w") as f:
+        f["x"] = np.zeros((0, 96, 96, 3), np.uint8)
+    out = tmp_path / ("p.csv" if command == "predict" else "ex")
+    assert main([command, str(x), "--out", str(out), "--device", "cpu", *QUIET]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"histodetect {command}: error: {x} holds no patches; give inputs with at least one patch."
+    ]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["the folder given", "a folder inside it"])
+def test_a_folder_that_cannot_be_listed_is_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """`rglob` skipped an unreadable subfolder in silence (its patches were missing from the
+    CSV, exit 0), and an unreadable folder was reported as its header.json. CI runs as root,
+    whom permissions do not stop, so the test denies access through os.access."""
+    for name in ("a.png", "sub/b.png"):
+        save_image(tmp_path / "in" / name, random_patch(_rng()))
+    locked = tmp_path / "in" if where == "the folder given" else tmp_path / "in" / "sub"
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != locked and real_access(p, mode))
+    out = tmp_path / "p.csv"
+    assert (
+        main(["predict", str(tmp_path / "in"), "--out", str(out), "--device", "cpu", *QUIET]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [
+        f"histodetect predict: error: cannot read the folder {locked} (Permission denied): its "
+        "patches would be left out; fix its permissions, or move it out of the inputs."
+    ]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
 def test_inputs_none_of_which_can_be_read_exit_2_with_one_sentence(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:

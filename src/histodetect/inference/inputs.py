@@ -75,7 +75,8 @@ def collect_inputs(args: Iterable[str | Path]) -> list[InputGroup]:
 
     Raises:
         HistodetectError: a path that does not exist, a glob that matches nothing, a folder
-            without images, or a file histodetect cannot predict on.
+            without images, a folder that cannot be read, a file histodetect cannot
+            predict on, or inputs that hold no patch at all.
     """
     groups: list[InputGroup] = []
     files: list[Path] = []  # consecutive image files become one group
@@ -87,7 +88,14 @@ def collect_inputs(args: Iterable[str | Path]) -> list[InputGroup]:
             groups.append(InputGroup("files", files=tuple(files)))
             files = []
         groups.append(group)
-    return [*groups, InputGroup("files", files=tuple(files))] if files else groups
+    groups = [*groups, InputGroup("files", files=tuple(files))] if files else groups
+    if not any(group.n_patches for group in groups):  # an empty store or .h5 said "0 predicted"
+        empty = [str(group.path) for group in groups if group.path is not None]
+        raise HistodetectError(
+            f"{', '.join(empty) or 'the inputs'} hold{'s' if len(empty) == 1 else ''} no "
+            "patches; give inputs with at least one patch."
+        )
+    return groups
 
 
 def _resolve(arg: str) -> list[InputGroup]:
@@ -109,6 +117,7 @@ def _resolve(arg: str) -> list[InputGroup]:
 
 def _resolve_path(path: Path, explicit: bool) -> InputGroup:
     if path.is_dir():
+        _check_readable_folders(path)
         if (path / STORE_HEADER).is_file():
             return _store_group(path)
         return InputGroup("files", files=_folder_images(path, explicit))
@@ -126,6 +135,31 @@ def _resolve_path(path: Path, explicit: bool) -> InputGroup:
     raise HistodetectError(
         f"{path} is not an image ({SUFFIXES_TEXT}), a patch store or a PCam _x.h5 file."
     )
+
+
+def _check_readable_folders(folder: Path) -> None:
+    """Refuse a folder, or a non-hidden folder under it, that cannot be listed.
+
+    `Path.rglob` skips such a subfolder in silence (its patches vanished from the output
+    with exit code 0), and an unreadable top folder was reported as its header.json.
+    """
+    import os
+
+    def refuse(error: OSError) -> None:
+        where = error.filename or folder
+        raise HistodetectError(
+            f"cannot read the folder {where} ({error.strerror or error}): its patches would be "
+            "left out; fix its permissions, or move it out of the inputs."
+        )
+
+    if not os.access(folder, os.R_OK | os.X_OK):
+        refuse(PermissionError(13, "Permission denied", str(folder)))
+    for root, dirs, _ in os.walk(folder, onerror=refuse):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in dirs:
+            sub = Path(root) / name
+            if not os.access(sub, os.R_OK | os.X_OK):
+                refuse(PermissionError(13, "Permission denied", str(sub)))
 
 
 def _folder_images(folder: Path, explicit: bool) -> tuple[Path, ...]:
