@@ -567,7 +567,10 @@ def test_inputs_none_of_which_can_be_read_exit_2_with_one_sentence(
     err = capsys.readouterr().err
     table = out if command == "predict" else out / "explanations.csv"
     last = err.strip().splitlines()[-1]
-    assert last.startswith("error: none of the 2 inputs could be") and str(table) in last, err
+    assert last.startswith(
+        f"histodetect {command}: error: none of the 2 inputs could be {command}ed"
+    )
+    assert str(table) in last, err
     assert "Traceback" not in err
     assert all(row["error"] for row in csv.DictReader(table.open(encoding="utf-8")))
     save_image(tmp_path / "in" / "c.png", random_patch(_rng()))  # one readable patch: 0

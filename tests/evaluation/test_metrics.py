@@ -99,3 +99,18 @@ def test_threshold_rules() -> None:
         parse_threshold_method("best")
     with pytest.raises(HistodetectError, match="both classes"):
         choose_threshold(np.ones(5, int), np.linspace(0, 1, 5), "youden")
+
+
+def test_probabilities_of_extreme_logits_are_exact_and_silent() -> None:
+    """1 / (1 + exp(-z)) overflowed below z = -709 and printed numpy's RuntimeWarning (with a
+    source line) into predict's output for a model with huge logits (from a bad-input hunt)."""
+    import warnings
+
+    logits = np.array([-1e6, -800.0, -30.0, 0.0, 2.5, 800.0, 1e6])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = probabilities(logits, 1.0)
+    np.testing.assert_allclose(p[2:5], 1 / (1 + np.exp(-logits[2:5])), rtol=1e-12, atol=1e-300)
+    assert p[0] == 0.0 and p[-1] == 1.0 and np.all(np.diff(p) >= 0)
+    tta = probabilities(np.array([[0.0, 2.0], [-1e4, 1e4]]), 2.0)
+    np.testing.assert_allclose(tta, [(0.5 + 1 / (1 + np.exp(-1.0))) / 2, 0.5])

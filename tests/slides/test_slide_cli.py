@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -177,6 +178,35 @@ def test_a_folder_that_only_looks_finished_is_neither_skipped_nor_replaced(
         assert f"{folder} exists but holds no finished slide result" in err, err
         assert len(err.strip().splitlines()) == 1
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_slides_done_before_an_interrupt_are_said(
+    tiff_slide: LayoutSlide,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lines went out only after the last slide: a run interrupted on its second slide
+    printed nothing of the first, whose folder it kept (from a bad-input hunt)."""
+    import shutil
+
+    import histodetect.slides.runner as runner
+
+    real, calls = runner._one_slide, []
+
+    def second_interrupted(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_one_slide", second_interrupted)
+    second = shutil.copy(tiff_slide.path, tmp_path / "second.tif")
+    out = tmp_path / "out"
+    assert _run([str(tiff_slide.path), str(second), "--out", str(out), "--stride-px", "96"]) == 130
+    said = capsys.readouterr().out.strip().splitlines()
+    assert len(said) == 1 and said[0].startswith(f"{out / 'layout'}: ") and "tiles" in said[0]
+    assert sorted(p.name for p in out.iterdir()) == ["layout"]
 
 
 def test_a_bad_stride_is_one_sentence_for_many_slides(

@@ -57,4 +57,4 @@ def run(args: argparse.Namespace) -> int:
     for row in failed[:MAX_LISTED_FAILURES]:
         print(f"  {row.path}: {row.error}", file=sys.stderr)
     print(f"{len(rows) - len(failed)} patches explained, {len(failed)} failed; see {args.out}.")
-    return nothing_done(len(failed), len(rows), "explained", args.out / CSV_FILE)
+    return nothing_done(len(failed), len(rows), "explain", args.out / CSV_FILE)

@@ -100,10 +100,10 @@ def _report(rows: list[PredictionRow], out: Path, added_path: bool) -> int:
         print(f"  ... and {more} more (see the error column)", file=sys.stderr)
     print(f"{len(rows) - len(failed)} predicted, {len(failed)} failed.")
     print(f"Predictions written to {out}.")
-    return nothing_done(len(failed), len(rows), "predicted", out)
+    return nothing_done(len(failed), len(rows), "predict", out)
 
 
-def nothing_done(n_failed: int, n_rows: int, verb: str, out: Path) -> int:
+def nothing_done(n_failed: int, n_rows: int, command: str, out: Path) -> int:
     """0, or 2 with one sentence on stderr when every input failed (each row says why).
 
     Every input being unreadable is a bad input like any other (exit code 2): it was 1, the
@@ -112,7 +112,8 @@ def nothing_done(n_failed: int, n_rows: int, verb: str, out: Path) -> int:
     if not n_failed or n_failed < n_rows:
         return 0
     print(
-        f"error: none of the {n_rows} inputs could be {verb}: the error column of {out} says "
+        f"histodetect {command}: error: none of the {n_rows} inputs could be {command}ed: the "
+        f"error column of {out} says "
         "why for each; give 96x96 RGB patches (or --resize / --center-crop).",
         file=sys.stderr,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from histodetect.cli import options
 from histodetect.slides import BACKENDS
@@ -69,18 +70,24 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
     )
-    outcome = run_slides(slides, args.out, predictor, slide_options)
-    for summary in outcome.done:
-        print(
-            f"{summary['folder']}: {summary['n_tiles']} tiles, max probability "
-            f"{summary['max_probability']:.3f}, tumour {summary['tumour_area_mm2']:.3f} mm² "
-            f"({100 * summary['tumour_fraction_of_tissue']:.1f}% of tissue) in "
-            f"{summary['n_regions']} regions, {summary['tiles_per_s']['overall']} tiles/s."
-        )
-    for folder in outcome.skipped:
-        print(f"{folder}: already done, skipped (--overwrite redoes it).")
+    outcome = run_slides(slides, args.out, predictor, slide_options, on_slide=_said)
     print(
         f"{len(outcome.done)} slides done, {len(outcome.skipped)} skipped, "
         f"{len(outcome.failed)} failed."
     )
     return 2 if outcome.failed else 0
+
+
+def _said(folder: Path, summary: dict[str, Any] | None) -> None:
+    """One line per slide as it is done (flushed: a pipe would hold it until the end, and a
+    run interrupted later lost the lines of the slides it had finished)."""
+    if summary is None:
+        print(f"{folder}: already done, skipped (--overwrite redoes it).", flush=True)
+        return
+    print(
+        f"{summary['folder']}: {summary['n_tiles']} tiles, max probability "
+        f"{summary['max_probability']:.3f}, tumour {summary['tumour_area_mm2']:.3f} mm² "
+        f"({100 * summary['tumour_fraction_of_tissue']:.1f}% of tissue) in "
+        f"{summary['n_regions']} regions, {summary['tiles_per_s']['overall']} tiles/s.",
+        flush=True,
+    )

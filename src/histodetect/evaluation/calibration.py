@@ -16,7 +16,11 @@ LOG_T_BOUNDS = (-3.0, 3.0)  # temperatures between 0.05 and 20
 
 def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     """sigmoid(logits / T), averaged over TTA views when logits are (n, views)."""
-    p = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64) / temperature))
+    # exp of -|z| only: 1 / (1 + exp(-z)) overflowed for z < -709 and printed numpy's
+    # RuntimeWarning, with a source line, into a user's predict output
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    e = np.exp(-np.abs(z))
+    p = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return p.mean(axis=1) if p.ndim == 2 else p
 
 

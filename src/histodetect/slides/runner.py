@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,12 +130,17 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
 
 
 def run_slides(
-    paths: Sequence[Path], out: Path, predictor: Predictor, options: SlideOptions
+    paths: Sequence[Path],
+    out: Path,
+    predictor: Predictor,
+    options: SlideOptions,
+    on_slide: Callable[[Path, dict[str, Any] | None], None] | None = None,
 ) -> SlidesOutcome:
     """Analyse each slide into `out/<slide name>/`, skipping finished ones unless overwriting.
 
     A slide that fails while it is processed (no tissue, a damaged tile) is reported in
-    `failed` and leaves no folder; the others go on.
+    `failed` and leaves no folder; the others go on. `on_slide(folder, summary)` is called as
+    each slide is done (`summary` None: skipped), so a run stopped later has said what it did.
     """
     check_stride(options.stride_px, predictor.spec.patch_size_px)  # once, not once per slide
     check_slides(paths, out, options)
@@ -148,9 +153,13 @@ def run_slides(
             folder = out / slide_folder_name(path)
             if is_finished(folder) and not options.overwrite:
                 outcome.skipped.append(folder)
+                if on_slide is not None:
+                    on_slide(folder, None)
                 continue
             try:
                 outcome.done.append(_one_slide(path, folder, predictor, options, model))
+                if on_slide is not None:
+                    on_slide(folder, outcome.done[-1])
             except HistodetectError as exc:
                 outcome.failed.append(str(exc))
                 print(f"histodetect slide: error: {exc}", file=sys.stderr)
