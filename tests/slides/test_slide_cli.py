@@ -268,6 +268,33 @@ def _bad_slide(kind: str, tmp: Path, tiff: Path) -> Path:
 
 
 @pytest.mark.parametrize(
+    "kind, reader",
+    [("float32.tif", "auto"), ("float32.tif", "tifffile"), ("uint16.tif", "auto"),
+     ("uint16.tif", "tifffile"), ("uint16.png", "auto"), ("uint16.png", "pil")],
+)  # fmt: skip
+def test_slides_of_more_than_8_bits_are_refused_in_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, reader: str
+) -> None:
+    """From a bad-input hunt: OpenSlide called a float TIFF "truncated or corrupt" and read a
+    16-bit TIFF as 8-bit in silence; Pillow clipped a 16-bit PNG to white ("shows no tissue")."""
+    import tifffile
+
+    tissue = np.random.default_rng(0).integers(0, 65536, size=(400, 400, 3), dtype=np.uint16)
+    slide = tmp_path / kind
+    if kind == "float32.tif":
+        tifffile.imwrite(slide, (tissue / 65535).astype(np.float32), tile=(128, 128))
+    elif kind == "uint16.tif":
+        tifffile.imwrite(slide, tissue, tile=(128, 128), bigtiff=True)
+    else:
+        Image.fromarray(tissue[..., 0]).save(slide)
+    out = tmp_path / "out"
+    assert _run([str(slide), "--out", str(out), "--mpp", "0.97", "--reader", reader]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"histodetect slide: error: {slide} ") and "8-bit" in err, err
+    assert len(err.splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize(
     "kind, extra, message",
     [
         ("text", [], "{slide} is not a slide"),

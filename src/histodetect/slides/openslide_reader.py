@@ -52,6 +52,7 @@ class OpenSlideReader(SlideReader):
         super().__init__(path)
         openslide = require_openslide(path)
         self.read_errors = (openslide.OpenSlideError, OSError, ValueError)
+        _check_tiff_samples(path)
         try:
             self._slide: Any = openslide.OpenSlide(str(path))
         except openslide.OpenSlideUnsupportedFormatError:
@@ -98,3 +99,29 @@ def composite_on_white(rgba: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(rgba[..., :3])
     rgb = rgba[..., :3].astype(np.uint16)
     return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+def _check_tiff_samples(path: Path) -> None:
+    """Refuse a TIFF whose level 0 is not 8 bits per sample before OpenSlide reads it:
+    OpenSlide (libtiff's RGBA reader) turned 16-bit samples into 8-bit ones in silence, and
+    called a float TIFF "truncated or corrupt". Only the sample type is checked here; the
+    vendor layouts OpenSlide knows are its own business."""
+    from histodetect.slides.reader import TIFF_SUFFIXES
+
+    if path.suffix.lower() not in TIFF_SUFFIXES:
+        return
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages.first
+            dtype, samples = np.dtype(page.dtype), int(page.samplesperpixel)
+    except Exception:  # not a TIFF tifffile reads (a vendor format, damaged): OpenSlide says
+        return
+    if dtype != np.uint8:
+        kind = "floating-point" if dtype.kind == "f" else "integer"
+        raise HistodetectError(
+            f"{path} has {dtype.itemsize * 8}-bit {kind} pixels in {samples} channel"
+            f"{'s' if samples > 1 else ''}; histodetect needs 8-bit RGB slides: convert it to 8 "
+            "bits per channel first (e.g. vips cast uchar, then tiffsave --tile --pyramid)."
+        )

@@ -27,6 +27,8 @@ class PilSlideReader(SlideReader):
         super().__init__(path)
         from PIL import Image, UnidentifiedImageError
 
+        from histodetect.data.sources.image_file import refusal_reason
+
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -36,6 +38,9 @@ class PilSlideReader(SlideReader):
                             f"{path} is a {image.format} image, not PNG or JPEG; "
                             "give a slide format (TIFF, .svs, ...) or a PNG/JPEG image."
                         )
+                    reason = refusal_reason(image)
+                    if reason is not None:  # Pillow would clip a 16-bit slide to white: no tissue
+                        raise HistodetectError(f"{path} {reason}.")
                     self._pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
         except UnidentifiedImageError:
             raise HistodetectError(f"{path} is not an image Pillow can read.") from None

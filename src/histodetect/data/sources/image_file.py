@@ -99,10 +99,19 @@ class _RefusedError(Exception):
     """An image Pillow reads but histodetect will not convert (its message is the reason)."""
 
 
+def refusal_reason(image: Image.Image) -> str | None:
+    """Why histodetect will not convert `image` to 8-bit RGB ("has 16-bit integer pixels ...;
+    convert it ..."), or None when it can (also what `slide` asks of a PNG/JPEG slide)."""
+    if _more_than_8_bits(image) or image.mode not in ("RGB", *_CONVERTIBLE):
+        return _depth_reason(image)
+    return None
+
+
 def _rgb_pixels(image: Image.Image) -> tuple[np.ndarray, list[str]]:
     """Page 1 of `image` as RGB uint8 (H, W, 3), with notes on any conversion made."""
-    if _more_than_8_bits(image) or image.mode not in ("RGB", *_CONVERTIBLE):
-        raise _RefusedError(_depth_reason(image))
+    reason = refusal_reason(image)
+    if reason is not None:
+        raise _RefusedError(reason)
     notes = []
     if image.mode == "RGB":
         pixels = np.asarray(image, dtype=np.uint8)
