@@ -607,3 +607,24 @@ def test_split_folders_spelled_otherwise_are_stored_under_the_names_train_knows(
     # --strict treats the renaming as the problem it is reported as
     argv = ["ingest", str(src), "--out", str(tmp_path / "st2"), "--strict", *QUIET]
     assert main(argv) == 2 and not (tmp_path / "st2").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["predict", "x.png", "--out", "p.csv", "--workers", "-1"], "argument --workers: -1"),
+        (["slide", "s.tif", "--out", "o", "--mpp", "abc"], "argument --mpp"),
+        (["export", "--format", "tflite", "--out", "a.onnx"], "argument --format"),
+        (["nope"], "invalid choice: 'nope'"),
+    ],
+)
+def test_an_option_argparse_refuses_is_one_sentence(
+    capsys: pytest.CaptureFixture[str], argv: list[str], says: str
+) -> None:
+    """argparse printed its usage block (3-6 lines) before the sentence (from a bad-input hunt)."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and says in err and "usage:" not in err, err
+    assert err.startswith("histodetect") and err.rstrip().endswith("--help` lists the options).")

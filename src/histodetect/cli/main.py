@@ -14,6 +14,7 @@ import threading
 import traceback
 from collections.abc import Iterator, Sequence
 from types import FrameType, ModuleType
+from typing import NoReturn
 
 from histodetect import __version__
 from histodetect.errors import HistodetectError, Interrupted
@@ -37,9 +38,18 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad option is one sentence (exit 2) without the usage block before it,
+    as every other bad input is; --help still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message.rstrip('.')} (`{self.prog} --help` lists "
+                     "the options).\n")  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full parser with one sub-command per entry of COMMANDS."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="histodetect",
         description="Find metastatic cancer in 96x96 H&E lymph-node patches.",
     )
