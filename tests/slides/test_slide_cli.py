@@ -121,7 +121,18 @@ def test_rerun_skips_finished_slides(
 ) -> None:
     before = (tiff_result / "summary.json").stat().st_mtime_ns
     assert _run([str(tiff_slide.path), "--out", str(tiff_result.parent)]) == 0
-    assert "already done, skipped" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "already done, skipped" in captured.out and captured.err == ""
+    assert (tiff_result / "summary.json").stat().st_mtime_ns == before
+    # asked otherwise: still skipped, and a note says what the kept result was made with
+    assert _run([str(tiff_slide.path), "--out", str(tiff_result.parent), "--stride-px", "16",
+                 "--tta"]) == 0  # fmt: skip
+    captured = capsys.readouterr()
+    assert "already done, skipped" in captured.out
+    assert captured.err.strip() == (
+        f"note: {tiff_result} was made with --stride-px 32, no --tta, not what this run asks; "
+        "--overwrite redoes it so."
+    )
     assert (tiff_result / "summary.json").stat().st_mtime_ns == before
 
 

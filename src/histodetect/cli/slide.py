@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,11 +79,17 @@ def run(args: argparse.Namespace) -> int:
     return 2 if outcome.failed else 0
 
 
-def _said(folder: Path, summary: dict[str, Any] | None) -> None:
+def _said(folder: Path, summary: dict[str, Any] | None, made_with: list[str]) -> None:
     """One line per slide as it is done (flushed: a pipe would hold it until the end, and a
     run interrupted later lost the lines of the slides it had finished)."""
     if summary is None:
         print(f"{folder}: already done, skipped (--overwrite redoes it).", flush=True)
+        if made_with:
+            print(
+                f"note: {folder} was made with {', '.join(made_with)}, not what this run asks; "
+                "--overwrite redoes it so.",
+                file=sys.stderr,
+            )
         return
     print(
         f"{summary['folder']}: {summary['n_tiles']} tiles, max probability "

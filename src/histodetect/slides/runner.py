@@ -15,6 +15,7 @@ from histodetect.errors import HistodetectError
 from histodetect.slides.analysis import analyse_slide, resolve_slide_mpp
 from histodetect.slides.outputs import (
     SLIDE_OUTPUTS,
+    SUMMARY_FILE,
     is_finished,
     slide_folder_name,
     summarise,
@@ -134,13 +135,14 @@ def run_slides(
     out: Path,
     predictor: Predictor,
     options: SlideOptions,
-    on_slide: Callable[[Path, dict[str, Any] | None], None] | None = None,
+    on_slide: Callable[[Path, dict[str, Any] | None, list[str]], None] | None = None,
 ) -> SlidesOutcome:
     """Analyse each slide into `out/<slide name>/`, skipping finished ones unless overwriting.
 
     A slide that fails while it is processed (no tissue, a damaged tile) is reported in
     `failed` and leaves no folder; the others go on. `on_slide(folder, summary)` is called as
-    each slide is done (`summary` None: skipped), so a run stopped later has said what it did.
+    each slide is done (`summary` None: skipped, with what the kept result was made with
+    that differs from this run), so a run stopped later has said what it did.
     """
     check_stride(options.stride_px, predictor.spec.patch_size_px)  # once, not once per slide
     check_slides(paths, out, options)
@@ -154,12 +156,12 @@ def run_slides(
             if is_finished(folder) and not options.overwrite:
                 outcome.skipped.append(folder)
                 if on_slide is not None:
-                    on_slide(folder, None)
+                    on_slide(folder, None, _made_otherwise(folder, options, model))
                 continue
             try:
                 outcome.done.append(_one_slide(path, folder, predictor, options, model))
                 if on_slide is not None:
-                    on_slide(folder, outcome.done[-1])
+                    on_slide(folder, outcome.done[-1], [])
             except HistodetectError as exc:
                 outcome.failed.append(str(exc))
                 print(f"histodetect slide: error: {exc}", file=sys.stderr)
@@ -191,6 +193,23 @@ def _one_slide(
     write_slide_outputs(analysis, regions, summary, folder)
     summary["folder"] = str(folder)
     return summary
+
+
+def _made_otherwise(folder: Path, options: SlideOptions, model: dict[str, Any]) -> list[str]:
+    """What a finished result in `folder` was made with that this run would do otherwise
+    (a rerun with another --stride-px, --tta or model skipped it without a word)."""
+    import json
+
+    summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
+    kept = summary.get("model") if isinstance(summary.get("model"), dict) else {}
+    said = []
+    if summary.get("stride_px") != options.stride_px:
+        said.append(f"--stride-px {summary.get('stride_px')}")
+    if kept.get("tta") != model["tta"]:
+        said.append("--tta" if kept.get("tta") else "no --tta")
+    if any(kept.get(key) != model[key] for key in ("path", "threshold", "temperature")):
+        said.append(f"the model {kept.get('path')}")
+    return said
 
 
 def _model_info(predictor: Predictor) -> dict[str, Any]:
