@@ -20,6 +20,29 @@ def save_image(path: Path, pixels: np.ndarray, mode: str | None = None) -> Path:
     return path
 
 
+def save_png16_rgb(path: Path, pixels: np.ndarray) -> Path:
+    """Write uint16 (H, W, 3) pixels as a 16-bit colour PNG, chunk by chunk: Pillow cannot
+    write one, and opens one as mode RGB (its 16 bits are only in the tile's raw mode)."""
+    import struct
+    import zlib
+
+    height, width = pixels.shape[:2]
+    big_endian = pixels.astype(">u2")
+    raw = b"".join(b"\x00" + big_endian[y].tobytes() for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)  # 16 bits, truecolour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )  # fmt: skip
+    return path
+
+
 def save_tif(path: Path, pixels: np.ndarray) -> Path:
     """Write an uncompressed TIFF with tifffile (as Kaggle's files are)."""
     import tifffile

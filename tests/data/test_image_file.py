@@ -7,7 +7,7 @@ import pytest
 
 from histodetect.data.quality import CONVERTED, NOT_RGB, UNREADABLE, WRONG_SIZE
 from histodetect.data.sources.image_file import decode_image, decode_image_bytes
-from imagefiles import random_patch, save_image, save_tif
+from imagefiles import random_patch, save_image, save_png16_rgb, save_tif
 
 
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".tiff"])
@@ -48,7 +48,11 @@ def test_rgba_is_converted_and_reported(tmp_path: Path, rng: np.random.Generator
 def test_16bit_grey_and_rgb_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
     grey16 = rng.integers(0, 65535, (96, 96), dtype=np.uint16)
     rgb16 = rng.integers(0, 65535, (96, 96, 3), dtype=np.uint16)
-    for path in (save_image(tmp_path / "g16.png", grey16), save_tif(tmp_path / "c16.tif", rgb16)):
+    for path in (
+        save_image(tmp_path / "g16.png", grey16),
+        save_tif(tmp_path / "c16.tif", rgb16),
+        save_png16_rgb(tmp_path / "c16.png", rgb16),  # opened as mode RGB: it was read as 8-bit
+    ):
         decoded = decode_image(path)
         assert decoded.pixels is None, path
         assert decoded.problem is not None and decoded.problem.kind == NOT_RGB

@@ -269,3 +269,24 @@ def test_write_predictions_csv_formats_rows(tmp_path: Path) -> None:
         "x,0.123457,0,benign,",
         "y,,,,broken",
     ]
+
+
+def test_a_predictions_csv_is_recognised_by_its_rows(tmp_path: Path) -> None:
+    """--overwrite replaces what predict wrote, also after an editor's BOM or last blank line,
+    and never a labels CSV with predict's header (Kaggle's train_labels.csv)."""
+    from histodetect.inference.predictor import is_predictions_csv
+
+    cases = {
+        "ours": ("id,label,class,class_name,path,error\r\na,0.250000,0,normal,x/a.png,\r\n"
+                 "b,,,,x/b.png,cannot be read\r\n", True),
+        "bom and blank line": ("\ufeffid,label\na,1.000000\n\n", True),
+        "header only": ("id,label\n", True),
+        "labels": ("id,label\na,0\nb,1\n", False),
+        "rounded": ("id,label\na,0.25\n", False),
+        "empty label, no reason": ("id,label,error\na,,\n", False),
+        "above one": ("id,label\na,1.500000\n", False),
+    }  # fmt: skip
+    for name, (text, ours) in cases.items():
+        path = tmp_path / f"{name}.csv"
+        path.write_bytes(text.encode("utf-8"))
+        assert is_predictions_csv(path) == ours, name

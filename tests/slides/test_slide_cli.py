@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from histodetect.cli.main import main
+from imagefiles import save_png16_rgb
 from slidefiles import MARGIN_PATCHES, TUMOUR_COLS, TUMOUR_ROWS, LayoutSlide, write_pyramid
 
 OUTPUTS = {"tiles.csv", "heatmap.png", "overlay.png", "mask.png", "regions.geojson",
@@ -281,7 +282,8 @@ def _bad_slide(kind: str, tmp: Path, tiff: Path) -> Path:
 @pytest.mark.parametrize(
     "kind, reader",
     [("float32.tif", "auto"), ("float32.tif", "tifffile"), ("uint16.tif", "auto"),
-     ("uint16.tif", "tifffile"), ("uint16.png", "auto"), ("uint16.png", "pil")],
+     ("uint16.tif", "tifffile"), ("uint16.png", "auto"), ("uint16.png", "pil"),
+     ("rgb16.png", "pil")],
 )  # fmt: skip
 def test_slides_of_more_than_8_bits_are_refused_in_one_sentence(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, reader: str
@@ -296,6 +298,8 @@ def test_slides_of_more_than_8_bits_are_refused_in_one_sentence(
         tifffile.imwrite(slide, (tissue / 65535).astype(np.float32), tile=(128, 128))
     elif kind == "uint16.tif":
         tifffile.imwrite(slide, tissue, tile=(128, 128), bigtiff=True)
+    elif kind == "rgb16.png":
+        save_png16_rgb(slide, tissue)
     else:
         Image.fromarray(tissue[..., 0]).save(slide)
     out = tmp_path / "out"

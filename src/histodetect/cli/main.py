@@ -38,6 +38,11 @@ COMMANDS = {
 }
 
 
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a bad option is one sentence (exit 2) without the usage block before it,
     as every other bad input is; --help still shows the usage."""
@@ -70,7 +75,10 @@ def _command_modules() -> dict[str, ModuleType]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; return its exit status (2 for user errors, 130 after Ctrl-C, 143 after
     SIGTERM)."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # said by the command's parser, whose --help lists the options meant
+        _subparsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         if argv is None:  # this process is the command (not a caller's in-process main([...]))
             from histodetect.hardware import keep_freed_memory

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _report(rows: list[PredictionRow], out: Path, added_path: bool) -> int:
-    """Warn about repeated ids, list failures, print the summary; 1 when nothing was predicted."""
+    """Warn about repeated ids, list failures, print the summary; 2 when nothing was predicted."""
     from histodetect.inference.predictor import duplicate_ids
 
     if added_path:
@@ -111,10 +111,10 @@ def nothing_done(n_failed: int, n_rows: int, command: str, out: Path) -> int:
     """
     if not n_failed or n_failed < n_rows:
         return 0
+    inputs = "the one input" if n_rows == 1 else f"none of the {n_rows} inputs"
     print(
-        f"histodetect {command}: error: none of the {n_rows} inputs could be {command}ed: the "
-        f"error column of {out} says "
-        "why for each; give 96x96 RGB patches (or --resize / --center-crop).",
+        f"histodetect {command}: error: {inputs} could {'not ' if n_rows == 1 else ''}be "
+        f"{command}ed: the error column of {out} says why for each; fix or replace them.",
         file=sys.stderr,
     )
     return 2

@@ -152,7 +152,7 @@ def _write_csv(
     path: Path, rows: Sequence[PredictionRow], names: Sequence[str | None], predictor: Predictor
 ) -> None:
     spec = predictor.spec
-    with path.open("w", newline="") as f:
+    with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, CSV_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for row, name in zip(rows, names, strict=True):

@@ -138,28 +138,33 @@ def _resolve_path(path: Path, explicit: bool) -> InputGroup:
 
 
 def _check_readable_folders(folder: Path) -> None:
-    """Refuse a folder, or a non-hidden folder under it, that cannot be listed.
+    """Refuse a folder that cannot be listed; warn, naming it, of a non-hidden folder under
+    it that cannot be (its files, if any, are left out).
 
-    `Path.rglob` skips such a subfolder in silence (its patches vanished from the output
-    with exit code 0), and an unreadable top folder was reported as its header.json.
+    `Path.rglob` skipped such a subfolder in silence (its patches vanished from the output
+    with exit code 0), and an unreadable top folder was reported as its header.json. A
+    subfolder is only warned of: a data disk's root holds a root-only lost+found. Symbolic
+    links to folders are not followed, as `rglob` does not follow them.
     """
     import os
-
-    def refuse(error: OSError) -> None:
-        where = error.filename or folder
-        raise HistodetectError(
-            f"cannot read the folder {where} ({error.strerror or error}): its patches would be "
-            "left out; fix its permissions, or move it out of the inputs."
-        )
+    import sys
 
     if not os.access(folder, os.R_OK | os.X_OK):
-        refuse(PermissionError(13, "Permission denied", str(folder)))
-    for root, dirs, _ in os.walk(folder, onerror=refuse):
+        raise HistodetectError(
+            f"cannot read the folder {folder} (permission denied); fix its permissions, or "
+            "leave it out of the inputs."
+        )
+    for root, dirs, _ in os.walk(folder):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in dirs:
+        for name in list(dirs):
             sub = Path(root) / name
-            if not os.access(sub, os.R_OK | os.X_OK):
-                refuse(PermissionError(13, "Permission denied", str(sub)))
+            if not sub.is_symlink() and not os.access(sub, os.R_OK | os.X_OK):
+                dirs.remove(name)
+                print(
+                    f"warning: cannot read the folder {sub} (permission denied); any patches "
+                    "in it are left out.",
+                    file=sys.stderr,
+                )
 
 
 def _folder_images(folder: Path, explicit: bool) -> tuple[Path, ...]:

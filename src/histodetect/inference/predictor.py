@@ -288,12 +288,14 @@ def is_predictions_csv(path: Path) -> bool:
 
     probability = re.compile(r"[01]\.\d{6}")
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.reader(f)
             columns = next(reader, [])
             if columns[:2] != ["id", "label"] or not set(columns) <= set(PREDICTION_COLUMNS):
                 return False
             for record in reader:
+                if not record:  # a blank line (an editor's last newline)
+                    continue
                 if len(record) != len(columns):
                     return False
                 label = record[1]
@@ -340,7 +342,7 @@ def write_predictions_csv(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_sibling(out)
     try:
-        with tmp.open("w", newline="") as f:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, columns, lineterminator="\n", extrasaction="ignore")
             writer.writeheader()
             writer.writerows(_csv_record(row, spec) for row in rows)

@@ -140,8 +140,8 @@ def run_slides(
     """Analyse each slide into `out/<slide name>/`, skipping finished ones unless overwriting.
 
     A slide that fails while it is processed (no tissue, a damaged tile) is reported in
-    `failed` and leaves no folder; the others go on. `on_slide(folder, summary)` is called as
-    each slide is done (`summary` None: skipped, with what the kept result was made with
+    `failed` and leaves no folder; the others go on. `on_slide(folder, summary, made_with)` is
+    called as each slide is done (`summary` None: skipped, with what the kept result was made with
     that differs from this run), so a run stopped later has said what it did.
     """
     check_stride(options.stride_px, predictor.spec.patch_size_px)  # once, not once per slide
@@ -197,18 +197,21 @@ def _one_slide(
 
 def _made_otherwise(folder: Path, options: SlideOptions, model: dict[str, Any]) -> list[str]:
     """What a finished result in `folder` was made with that this run would do otherwise
-    (a rerun with another --stride-px, --tta or model skipped it without a word)."""
+    (a rerun with another --stride-px, --tta or model skipped it without a word); what its
+    summary does not record is not compared."""
     import json
 
     summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
     kept = summary.get("model") if isinstance(summary.get("model"), dict) else {}
     said = []
-    if summary.get("stride_px") != options.stride_px:
-        said.append(f"--stride-px {summary.get('stride_px')}")
-    if kept.get("tta") != model["tta"]:
-        said.append("--tta" if kept.get("tta") else "no --tta")
-    if any(kept.get(key) != model[key] for key in ("path", "threshold", "temperature")):
-        said.append(f"the model {kept.get('path')}")
+    if "stride_px" in summary and summary["stride_px"] != options.stride_px:
+        said.append(f"--stride-px {summary['stride_px']}")
+    if "tta" in kept and kept["tta"] != model["tta"]:
+        said.append("--tta" if kept["tta"] else "no --tta")
+    if "path" in kept and Path(str(kept["path"])).resolve() != Path(model["path"]).resolve():
+        said.append(f"the model {kept['path']}")
+    elif any(key in kept and kept[key] != model[key] for key in ("threshold", "temperature")):
+        said.append("the model before it was recalibrated")
     return said
 
 

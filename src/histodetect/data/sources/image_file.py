@@ -151,8 +151,18 @@ def _more_than_8_bits(image: Image.Image) -> bool:
     bits = getattr(image, "tag_v2", {}).get(258)  # TIFF BitsPerSample
     if bits is not None and max(bits if isinstance(bits, tuple) else (bits,)) > 8:
         return True
-    tiles = getattr(image, "tile", None) or []
-    return any(";16" in str(tile.args[0] if tile.args else "") for tile in tiles)
+    return _16_bit_tiles(image)
+
+
+def _16_bit_tiles(image: Image.Image) -> bool:
+    """True when Pillow decodes `image` from 16-bit samples (a PNG's "RGB;16B", a TIFF's)."""
+
+    def raw_mode(args: object) -> str:  # PNG's tile args are the mode string itself
+        if isinstance(args, str):
+            return args
+        return str(args[0]) if isinstance(args, tuple) and args else ""
+
+    return any(";16" in raw_mode(tile.args) for tile in getattr(image, "tile", None) or [])
 
 
 _SAMPLE_KINDS = {1: "integer", 2: "signed integer", 3: "floating-point"}  # TIFF SampleFormat
@@ -170,6 +180,8 @@ def _depth_reason(image: Image.Image) -> str:
         kind = _SAMPLE_KINDS.get(sample_format or 1, "integer")
         channels = len(bits) if isinstance(bits, tuple) else 1
         what = f"{depth}-bit {kind} pixels in {channels} channel{'s' if channels > 1 else ''}"
+    elif _16_bit_tiles(image):
+        what = "16-bit integer pixels"
     elif image.mode == "F":
         what = "32-bit floating-point pixels"
     elif image.mode.startswith("I"):

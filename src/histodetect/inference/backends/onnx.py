@@ -145,7 +145,7 @@ class OnnxBackend:
             raise HistodetectError(f"{path} cannot be loaded by ONNX Runtime "
                                    f"({str(exc).strip()[:160]}); check that the file is complete, "
                                    "or export it again with `histodetect export MODEL --format "
-                                   "onnx`.") from None  # fmt: skip
+                                   "onnx --out FILE.onnx`.") from None  # fmt: skip
         self.path = path
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
         self.spec_dict, self.metadata = read_metadata(path, meta)
