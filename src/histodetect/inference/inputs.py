@@ -117,7 +117,7 @@ def _resolve(arg: str) -> list[InputGroup]:
 
 def _resolve_path(path: Path, explicit: bool) -> InputGroup:
     if path.is_dir():
-        _check_readable_folders(path)
+        _check_readable(path)
         if (path / STORE_HEADER).is_file():
             return _store_group(path)
         return InputGroup("files", files=_folder_images(path, explicit))
@@ -137,49 +137,57 @@ def _resolve_path(path: Path, explicit: bool) -> InputGroup:
     )
 
 
-def _check_readable_folders(folder: Path) -> None:
-    """Refuse a folder that cannot be listed; warn, naming it, of a non-hidden folder under
-    it that cannot be (its files, if any, are left out).
-
-    `Path.rglob` skipped such a subfolder in silence (its patches vanished from the output
-    with exit code 0), and an unreadable top folder was reported as its header.json. A
-    subfolder is only warned of: a data disk's root holds a root-only lost+found. Symbolic
-    links to folders are not followed, as `rglob` does not follow them.
-    """
+def _check_readable(folder: Path) -> None:
+    """Refuse a folder given as an input that cannot be listed (it was reported as its
+    header.json)."""
     import os
-    import sys
 
     if not os.access(folder, os.R_OK | os.X_OK):
         raise HistodetectError(
             f"cannot read the folder {folder} (permission denied); fix its permissions, or "
             "leave it out of the inputs."
         )
-    for root, dirs, _ in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in list(dirs):
-            sub = Path(root) / name
-            if not sub.is_symlink() and not os.access(sub, os.R_OK | os.X_OK):
-                dirs.remove(name)
-                print(
-                    f"warning: cannot read the folder {sub} (permission denied); any patches "
-                    "in it are left out.",
-                    file=sys.stderr,
-                )
 
 
 def _folder_images(folder: Path, explicit: bool) -> tuple[Path, ...]:
     """Image files under `folder`, recursively, sorted, skipping hidden files and folders.
 
     A broken symbolic link with an image name is kept: it becomes a row with an error rather
-    than vanishing from the output.
+    than vanishing from the output. Symbolic links to folders are not followed. A folder
+    inside that cannot be listed is warned of by name, its files left out (`Path.rglob`,
+    used before, skipped it in silence); only warned of, as a data disk's root holds a
+    root-only lost+found.
     """
-    files = sorted(
-        p
-        for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and (p.is_file() or (p.is_symlink() and not p.exists()))
-    )
+    import os
+    import sys
+
+    def unreadable(sub: Path) -> None:
+        print(
+            f"warning: cannot read the folder {sub} (permission denied); any patches in it "
+            "are left out.",
+            file=sys.stderr,
+        )
+
+    found = []
+    for root, dirs, names in os.walk(folder, onerror=lambda e: unreadable(Path(e.filename))):
+        here = Path(root)
+        listable = []
+        for name in dirs:
+            sub = here / name
+            if name.startswith("."):
+                continue
+            if not sub.is_symlink() and not os.access(sub, os.R_OK | os.X_OK):
+                unreadable(sub)
+            else:
+                listable.append(name)
+        dirs[:] = listable  # os.walk does not descend into symbolic links to folders
+        for name in names:
+            path = here / name
+            if name.startswith(".") or path.suffix.lower() not in IMAGE_SUFFIXES:
+                continue
+            if path.is_file() or (path.is_symlink() and not path.exists()):
+                found.append(path)
+    files = sorted(found)
     if not files and explicit:
         raise HistodetectError(
             f"{folder} holds no {SUFFIXES_TEXT} images (pass a PCam _x.h5 file or a patch "
