@@ -32,20 +32,27 @@ def slide_folder_name(path: Path) -> str:
     return path.stem.removesuffix(".ome")
 
 
-def is_finished(folder: Path) -> bool:
-    """True when `folder` holds a complete slide result: every file `write_slide_outputs`
-    writes, and a summary.json that reads as the one it writes.
+def finished_summary(folder: Path) -> dict[str, Any] | None:
+    """The summary of a complete slide result in `folder` (every file `write_slide_outputs`
+    writes, and a summary.json that reads as the one it writes), else None.
 
     A summary.json alone was enough: a user's own file of that name let --overwrite replace
     their folder, and a damaged result (summary emptied, heatmap gone) was skipped as done.
     """
     if not all((folder / name).is_file() for name in SLIDE_OUTPUTS):
-        return False
+        return None
     try:
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(summary, dict) and {"slide", "n_tiles", "histodetect_version"} <= set(summary)
+        return None
+    if isinstance(summary, dict) and {"slide", "n_tiles", "histodetect_version"} <= set(summary):
+        return summary
+    return None
+
+
+def is_finished(folder: Path) -> bool:
+    """True when `folder` holds a complete slide result (see `finished_summary`)."""
+    return finished_summary(folder) is not None
 
 
 def summarise(

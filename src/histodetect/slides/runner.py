@@ -15,7 +15,7 @@ from histodetect.errors import HistodetectError
 from histodetect.slides.analysis import analyse_slide, resolve_slide_mpp
 from histodetect.slides.outputs import (
     SLIDE_OUTPUTS,
-    SUMMARY_FILE,
+    finished_summary,
     is_finished,
     slide_folder_name,
     summarise,
@@ -153,10 +153,11 @@ def run_slides(
     try:
         for path in paths:
             folder = out / slide_folder_name(path)
-            if is_finished(folder) and not options.overwrite:
+            kept = None if options.overwrite else finished_summary(folder)
+            if kept is not None:
                 outcome.skipped.append(folder)
                 if on_slide is not None:
-                    on_slide(folder, None, _made_otherwise(folder, options, model))
+                    on_slide(folder, None, _made_otherwise(kept, options, model))
                 continue
             try:
                 outcome.done.append(_one_slide(path, folder, predictor, options, model))
@@ -195,14 +196,14 @@ def _one_slide(
     return summary
 
 
-def _made_otherwise(folder: Path, options: SlideOptions, model: dict[str, Any]) -> list[str]:
-    """What a finished result in `folder` was made with that this run would do otherwise
-    (a rerun with another --stride-px, --tta or model skipped it without a word); what its
+def _made_otherwise(
+    summary: dict[str, Any], options: SlideOptions, model: dict[str, Any]
+) -> list[str]:
+    """What a kept result (its `summary`) was made with that this run would do otherwise (a
+    rerun with another --stride-px, --tta or model skipped it without a word); what the
     summary does not record is not compared."""
-    import json
-
-    summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
-    kept = summary.get("model") if isinstance(summary.get("model"), dict) else {}
+    recorded = summary.get("model")
+    kept: dict[str, Any] = recorded if isinstance(recorded, dict) else {}
     said = []
     if "stride_px" in summary and summary["stride_px"] != options.stride_px:
         said.append(f"--stride-px {summary['stride_px']}")
