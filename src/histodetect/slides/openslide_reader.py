@@ -112,20 +112,20 @@ def _check_tiff_samples(path: Path) -> None:
         return
     import tifffile
 
+    from histodetect.data.sources.image_file import tiff_pixels
+
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
             if page.dtype is None:  # a sample layout tifffile has no type for: OpenSlide says
                 return
             dtype, samples = np.dtype(page.dtype), int(page.samplesperpixel)
-            bits = int(np.max(page.bitspersample))
+            bits, sample_format = int(np.max(page.bitspersample)), int(page.sampleformat)
     except Exception:  # not a TIFF tifffile reads (a vendor format, damaged): OpenSlide says
         return
     if dtype != np.uint8 or bits != 8:
-        kind = {"f": "floating-point", "i": "signed integer", "b": "1-bit"}.get(dtype.kind)
-        what = kind if kind == "1-bit" else f"{bits}-bit {kind or 'integer'}"
         raise HistodetectError(
-            f"{path} has {what} pixels in {samples} channel{'s' if samples > 1 else ''}; "
-            "histodetect needs 8-bit RGB slides: convert it to 8 bits per channel first (e.g. "
-            "vips cast uchar, then tiffsave --tile --pyramid)."
+            f"{path} has {tiff_pixels(bits, sample_format, samples)}; histodetect needs 8-bit "
+            "RGB slides: convert it to 8 bits per channel first (e.g. vips cast uchar, then "
+            "tiffsave --tile --pyramid)."
         )

@@ -168,6 +168,13 @@ def _16_bit_tiles(image: Image.Image) -> bool:
 _SAMPLE_KINDS = {1: "integer", 2: "signed integer", 3: "floating-point"}  # TIFF SampleFormat
 
 
+def tiff_pixels(bits: int, sample_format: int, channels: int) -> str:
+    """ "16-bit integer pixels in 3 channels": a TIFF's BitsPerSample and SampleFormat in words
+    (also how `slide` names the pixels of a TIFF it refuses)."""
+    kind = _SAMPLE_KINDS.get(sample_format, "integer")
+    return f"{bits}-bit {kind} pixels in {channels} channel{'s' if channels > 1 else ''}"
+
+
 def _depth_reason(image: Image.Image) -> str:
     """Why an image is refused, in bits per channel rather than Pillow's mode names."""
     tags = getattr(image, "tag_v2", {})
@@ -177,9 +184,8 @@ def _depth_reason(image: Image.Image) -> str:
         sample_format = sample_format[0]
     if bits is not None:
         depth = max(bits) if isinstance(bits, tuple) else bits
-        kind = _SAMPLE_KINDS.get(sample_format or 1, "integer")
         channels = len(bits) if isinstance(bits, tuple) else 1
-        what = f"{depth}-bit {kind} pixels in {channels} channel{'s' if channels > 1 else ''}"
+        what = tiff_pixels(depth, sample_format or 1, channels)
     elif _16_bit_tiles(image):
         what = "16-bit integer pixels"
     elif image.mode == "F":
