@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from histodetect.errors import HistodetectError
-from histodetect.slides.reader import SlideReader, plausible_mpp
+from histodetect.slides.reader import SlideReader, depth_conversion, plausible_mpp
 
 INSTALL_HINT = "pip install -c constraints.txt -e '.[slides]'"
 
@@ -112,7 +112,7 @@ def _check_tiff_samples(path: Path) -> None:
         return
     import tifffile
 
-    from histodetect.data.sources.image_file import tiff_pixels
+    from histodetect.data.sources.image_file import depth_refusal, tiff_pixels
 
     try:
         with tifffile.TiffFile(path) as tif:
@@ -124,8 +124,7 @@ def _check_tiff_samples(path: Path) -> None:
     except Exception:  # not a TIFF tifffile reads (a vendor format, damaged): OpenSlide says
         return
     if dtype != np.uint8 or bits != 8:
+        what = tiff_pixels(bits, sample_format, samples)
         raise HistodetectError(
-            f"{path} has {tiff_pixels(bits, sample_format, samples)}; histodetect needs 8-bit "
-            "RGB slides: convert it to 8 bits per channel first (e.g. vips cast uchar, then "
-            "tiffsave --tile --pyramid)."
+            f"{path} {depth_refusal(what)} ({depth_conversion(sample_format == 3)})."
         )

@@ -9,7 +9,7 @@ from typing import ClassVar
 import numpy as np
 
 from histodetect.errors import HistodetectError
-from histodetect.slides.reader import SlideReader
+from histodetect.slides.reader import SlideReader, depth_conversion
 
 FORMATS = ("PNG", "JPEG")
 
@@ -40,7 +40,8 @@ class PilSlideReader(SlideReader):
                         )
                     reason = refusal_reason(image)
                     if reason is not None:  # Pillow would clip a 16-bit slide to white: no tissue
-                        raise HistodetectError(f"{path} {reason}.")
+                        floating = image.mode == "F"
+                        raise HistodetectError(f"{path} {reason} ({depth_conversion(floating)}).")
                     self._pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
         except UnidentifiedImageError:
             raise HistodetectError(f"{path} is not an image Pillow can read.") from None

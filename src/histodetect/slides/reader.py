@@ -19,6 +19,15 @@ import numpy as np
 from histodetect.errors import HistodetectError
 from histodetect.slides import BACKENDS
 
+
+def depth_conversion(floating: bool) -> str:
+    """How to make an 8-bit RGB slide of deeper pixels with libvips (ends a depth refusal):
+    integers shifted down to their top 8 bits, floats in 0..1 scaled by 255; a plain
+    `vips cast uchar` would clip every value above 255 to white."""
+    first = "vips linear IN T.v 255 0 --uchar" if floating else "vips cast IN T.v uchar --shift"
+    return f"e.g. {first}, then vips tiffsave T.v OUT.tif --tile --pyramid"
+
+
 TIFF_SUFFIXES = frozenset({".tif", ".tiff", ".svs", ".ndpi", ".btf", ".tf8"})
 PIL_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
 OPENSLIDE_ONLY_SUFFIXES = frozenset(

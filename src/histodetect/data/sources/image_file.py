@@ -135,12 +135,9 @@ def _decode_with_tifffile(source: Path | str | BinaryIO, origin: str) -> Decoded
     except Exception:
         return None
     if arr.dtype != np.uint8:
-        kind = "floating-point" if arr.dtype.kind == "f" else "integer"
-        reason = (
-            f"has {8 * arr.dtype.itemsize}-bit {kind} pixels ({arr.dtype}); histodetect needs "
-            "8-bit RGB: convert it to 8 bits per channel first"
-        )
-        return Decoded(None, Problem(origin, NOT_RGB, reason))
+        channels = arr.shape[2] if arr.ndim == 3 else 1
+        what = tiff_pixels(8 * arr.dtype.itemsize, _DTYPE_FORMATS.get(arr.dtype.kind, 1), channels)
+        return Decoded(None, Problem(origin, NOT_RGB, depth_refusal(what)))
     if arr.ndim == 3 and arr.shape[2] == 3:
         return Decoded(np.ascontiguousarray(arr), None)
     return Decoded(None, Problem(origin, NOT_RGB, f"has shape {arr.shape}, not H x W x 3"))
@@ -166,6 +163,13 @@ def _16_bit_tiles(image: Image.Image) -> bool:
 
 
 _SAMPLE_KINDS = {1: "integer", 2: "signed integer", 3: "floating-point"}  # TIFF SampleFormat
+_DTYPE_FORMATS = {"u": 1, "i": 2, "f": 3}  # numpy dtype kind -> TIFF SampleFormat
+
+
+def depth_refusal(what: str) -> str:
+    """The one sentence end for pixels histodetect will not convert ("has 16-bit integer pixels
+    in 3 channels; histodetect needs 8-bit RGB: ..."), for patches and slides alike."""
+    return f"has {what}; histodetect needs 8-bit RGB: convert it to 8 bits per channel first"
 
 
 def tiff_pixels(bits: int, sample_format: int, channels: int) -> str:
@@ -194,7 +198,7 @@ def _depth_reason(image: Image.Image) -> str:
         what = "16- or 32-bit integer pixels"
     else:
         what = f"pixels in an unsupported colour mode ({image.mode})"
-    return f"has {what}; histodetect needs 8-bit RGB: convert it to 8 bits per channel first"
+    return depth_refusal(what)
 
 
 def _short(exc: BaseException) -> str:
