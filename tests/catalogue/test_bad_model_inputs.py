@@ -168,6 +168,9 @@ CASES = [
     Case("calibrate batch size negative", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--batch-size", "-2"], ("--batch-size must be at least 1",)),
     Case("store without its pixel file", lambda t, s, r: ["predict", str(_without_pixels(t, s)), "--model", str(r), "--out", str(t / "p.csv"), "--no-progress"], ("pixels.u8 is missing", "ingest")),
     Case("truncated model file", lambda t, s, r: ["predict", str(s), "--model", str(_truncated(t, r)), "--out", str(t / "p.csv"), "--no-progress"], ("trunc.pt", "cut short")),
+    Case("text file named .pt", lambda t, s, r: ["predict", str(s), "--model", str(_write(t / "notes.pt", b"hello world\n" * 9)), "--out", str(t / "p.csv"), "--no-progress"], ("notes.pt", "not a PyTorch file")),
+    Case("model file of Python objects", lambda t, s, r: ["predict", str(s), "--model", str(_pickled_objects(t / "objects.pt")), "--out", str(t / "p.csv"), "--no-progress"], ("objects.pt", "Python objects besides tensors", "could run code")),
+    Case("checkpoint of Python objects", lambda t, s, r: ["predict", str(s), "--model", str(_pickled_objects(t / "objects.ckpt")), "--out", str(t / "p.csv"), "--no-progress"], ("objects.ckpt", "Python objects besides tensors")),
     Case("negative workers", lambda t, s, r: ["predict", str(s), "--model", str(r), "--out", str(t / "p.csv"), "--workers", "-3"], ("--workers", "negative")),
     Case("evaluate unknown shift", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--shift", "fog", "--out", str(t / "rep")], ("--shift", "fog")),
 ]  # fmt: skip
@@ -179,6 +182,24 @@ def _without_pixels(tmp: Path, store: Path) -> Path:
     shutil.copytree(store, copy)
     (copy / "pixels.u8").unlink()
     return copy
+
+
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+class _Payload:
+    """An object torch.save pickles by class: loading it unchecked would run its class's code.
+    Before, a .ckpt that weights_only=True refused was loaded again with weights_only=False."""
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return (print, ("a pickled object's code ran",))
+
+
+def _pickled_objects(path: Path) -> Path:
+    torch.save({"state_dict": {}, "payload": _Payload()}, path)
+    return path
 
 
 def _truncated(tmp: Path, run: Path) -> Path:
@@ -256,8 +277,10 @@ def test_bad_model_input_is_one_clear_sentence(
         code = main(argv)
     except SystemExit as exc:  # argparse rejects a malformed option value itself (exit 2)
         code = int(exc.code or 0)
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert code == case.code, err
+    assert "code ran" not in captured.out, "a file's pickled objects must never be run"
     assert "Traceback" not in err
     assert "internal error" not in err, err
     for fragment in case.says:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -246,22 +247,31 @@ def _weights_from_lightning(state_dict: dict[str, Any]) -> dict[str, Any]:
     return {k.removeprefix(prefix): v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
-def _read(path: Path) -> dict[str, Any]:
+def load_tensors(path: Path, advice: str) -> Any:
+    """`torch.load` of a model file or training checkpoint that histodetect wrote: tensors and
+    plain values only (``weights_only``), so a file from elsewhere cannot run code on loading.
+
+    Raises:
+        HistodetectError: one sentence naming `path`, what is wrong with it, then `advice`.
+    """
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if path.suffix != ".ckpt":
-            raise HistodetectError(
-                f"{path} cannot be read as a model file ({first_line(exc, 120)}); it is damaged, cut short or "
-                "not a model: copy it again or give a model.pt that histodetect wrote."
-            ) from exc
-        # Our own Lightning training checkpoints may hold more than tensors (loop state).
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as exc2:
-            raise HistodetectError(
-                f"{path} cannot be read as a checkpoint ({str(exc2)[:120]})."
-            ) from exc2
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only" not in str(exc).lower():
+            raise HistodetectError(f"{path} is damaged or not a PyTorch file; {advice}") from exc
+        raise HistodetectError(
+            f"{path} holds Python objects besides tensors, which histodetect does not load "
+            f"(loading them could run code): it was not written by histodetect; {advice}"
+        ) from exc
+    except Exception as exc:  # miniz "failed finding central directory", EOFError, KeyError
+        raise HistodetectError(
+            f"{path} is damaged, cut short or not a PyTorch file; {advice}"
+        ) from exc
+
+
+def _read(path: Path) -> dict[str, Any]:
+    # A training checkpoint (.ckpt) reads the same way: Lightning's loop state is plain values.
+    payload = load_tensors(path, "copy it again or give a model.pt that histodetect wrote.")
     if not isinstance(payload, dict):
         raise HistodetectError(f"{path} is not a histodetect model file.")
     return payload

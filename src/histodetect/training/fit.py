@@ -24,7 +24,7 @@ from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
 from histodetect.models import ModelSpec, resolved_model_kwargs
-from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_model
+from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, load_tensors, save_model
 from histodetect.training.config import CONFIG_FILE, TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.devices import check_runnable_here, lightning_refusal, on_cuda
@@ -252,13 +252,7 @@ def _check_resumable(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
     last = run_dir / CHECKPOINT_DIR / "last.ckpt"
     if not last.is_file():
         raise HistodetectError(f"{run_dir} has no checkpoint to resume from ({last} is missing).")
-    try:
-        payload = torch.load(last, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise HistodetectError(
-            f"{last} is damaged and cannot be read ({type(exc).__name__}); restore it or start "
-            "a new run."
-        ) from exc
+    payload = load_tensors(last, "restore it or start a new run.")
     spec = payload.get("hyper_parameters", {}).get("spec", {}) if isinstance(payload, dict) else {}
     ok = isinstance(spec, dict) and isinstance(spec.get("model_kwargs"), dict)
     return last, dict(spec) if ok else None
@@ -374,7 +368,8 @@ def _train(
         # Lightning 2.6 calls an API torch 2.13 deprecates; nothing a user can change
         warnings.filterwarnings("ignore", r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
         try:
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+            # tensors and plain values only, as every other load: a checkpoint cannot run code
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         except SystemExit:  # Lightning's exit after SIGTERM (SIGTERMException) or Ctrl-C
             if not (sigterm or trainer.received_sigterm or trainer.interrupted):
                 raise
