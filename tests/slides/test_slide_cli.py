@@ -13,6 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from histodetect.cli.main import main
+from histodetect.slides.outputs import SLIDE_OUTPUTS
 from imagefiles import save_png16_rgb
 from slidefiles import MARGIN_PATCHES, TUMOUR_COLS, TUMOUR_ROWS, LayoutSlide, write_pyramid
 
@@ -153,36 +154,24 @@ def test_overwrite_replaces_a_finished_result_only(
     assert "notes.txt, which histodetect did not write" in capsys.readouterr().err
     assert (out / "layout" / "notes.txt").read_text() == "mine\n"
     (out / "layout" / "notes.txt").unlink()
-    (out / "layout" / "summary.json").unlink()  # no longer a finished result: never replaced
-    assert _run(argv) == 2
-    err = capsys.readouterr().err
-    assert f"{out / 'layout'} exists but holds no finished slide result" in err
-    assert (out / "layout" / "tiles.csv").exists()
+    (out / "layout" / "report.html").unlink()  # what is left is still ours: redone
+    assert _run(argv) == 0
+    assert sorted(p.name for p in (out / "layout").iterdir()) == sorted(SLIDE_OUTPUTS)
 
 
-@pytest.mark.parametrize("damage", ["user's own summary.json", "emptied summary", "heatmap gone"])
-def test_a_folder_that_only_looks_finished_is_neither_skipped_nor_replaced(
-    tiff_result: Path,
-    tiff_slide: LayoutSlide,
-    tmp_path: Path,
-    capsys: pytest.CaptureFixture[str],
-    damage: str,
+@pytest.mark.parametrize("damage", ["user's own summary.json", "user's own report.html"])
+def test_a_folder_that_only_looks_like_a_result_is_neither_skipped_nor_replaced(
+    tiff_slide: LayoutSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
 ) -> None:
     """A summary.json was all `is_finished` checked: --overwrite replaced a user's folder that
-    held one, and a damaged result was skipped as done with exit 0 (from a bad-input hunt)."""
-    import shutil
-
+    held one (from a bad-input hunt)."""
     out = tmp_path / "out"
     folder = out / "layout"
+    folder.mkdir(parents=True)
     if damage == "user's own summary.json":
-        folder.mkdir(parents=True)
         (folder / "summary.json").write_text('{"my": "own notes"}\n')
     else:
-        shutil.copytree(tiff_result, folder)
-        if damage == "emptied summary":
-            (folder / "summary.json").write_text("")
-        else:
-            (folder / "heatmap.png").unlink()
+        (folder / "report.html").write_text("<p>my own report</p>\n")
     before = {p.name: p.read_bytes() for p in folder.iterdir()}
     for extra in ([], ["--overwrite"]):
         assert _run([str(tiff_slide.path), "--out", str(out), "--stride-px", "96", *extra]) == 2
@@ -190,6 +179,39 @@ def test_a_folder_that_only_looks_finished_is_neither_skipped_nor_replaced(
         assert f"{folder} exists but holds no finished slide result" in err, err
         assert len(err.strip().splitlines()) == 1
         assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+@pytest.mark.parametrize("damage", ["emptied summary", "heatmap gone", "summary gone"])
+def test_a_damaged_result_is_not_skipped_and_overwrite_redoes_it(
+    tiff_result: Path,
+    tiff_slide: LayoutSlide,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+) -> None:
+    """A damaged result was skipped as done with exit 0 (from a bad-input hunt); then it was
+    refused even with --overwrite, though every file left in it was histodetect's own."""
+    import shutil
+
+    out = tmp_path / "out"
+    folder = out / "layout"
+    shutil.copytree(tiff_result, folder)
+    if damage == "emptied summary":
+        (folder / "summary.json").write_text("")
+    elif damage == "heatmap gone":
+        (folder / "heatmap.png").unlink()
+    else:
+        (folder / "summary.json").unlink()
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    argv = [str(tiff_slide.path), "--out", str(out), "--stride-px", "96"]
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert f"{folder} holds an incomplete slide result" in err and "--overwrite redoes it" in err
+    assert len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert _run([*argv, "--overwrite"]) == 0
+    assert sorted(p.name for p in folder.iterdir()) == sorted(SLIDE_OUTPUTS)
+    assert json.loads((folder / "summary.json").read_text())["stride_px"] == 96
 
 
 def test_slides_done_before_an_interrupt_are_said(

@@ -13,6 +13,7 @@ import numpy as np
 
 from histodetect import __version__
 from histodetect.atomic import atomic_dir
+from histodetect.data.store import foreign_entries
 from histodetect.slides.analysis import SlideAnalysis
 from histodetect.slides.heatmap import heatmap_rgba, mask_image, overlay_image
 from histodetect.slides.regions import Region, regions_geojson
@@ -25,6 +26,7 @@ SLIDE_OUTPUTS = (
     SUMMARY_FILE,
 )  # fmt: skip
 """Every file `write_slide_outputs` writes: --overwrite replaces a folder holding only these."""
+TILES_HEADER = ("x", "y", "width", "height", "probability", "row", "col", "tissue_fraction")
 
 
 def slide_folder_name(path: Path) -> str:
@@ -41,6 +43,11 @@ def finished_summary(folder: Path) -> dict[str, Any] | None:
     """
     if not all((folder / name).is_file() for name in SLIDE_OUTPUTS):
         return None
+    return _own_summary(folder)
+
+
+def _own_summary(folder: Path) -> dict[str, Any] | None:
+    """`folder`'s summary.json when it reads as the one `write_slide_outputs` writes."""
     try:
         summary = json.loads((folder / SUMMARY_FILE).read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -53,6 +60,22 @@ def finished_summary(folder: Path) -> dict[str, Any] | None:
 def is_finished(folder: Path) -> bool:
     """True when `folder` holds a complete slide result (see `finished_summary`)."""
     return finished_summary(folder) is not None
+
+
+def is_own_result(folder: Path) -> bool:
+    """True when `folder` holds nothing but files `write_slide_outputs` writes and its
+    summary.json or tiles.csv reads as ours: a finished result, or one with files since
+    deleted or emptied, which --overwrite may replace (a user's folder holding a report.html of
+    their own is not ours)."""
+    if not folder.is_dir() or foreign_entries(folder, SLIDE_OUTPUTS):
+        return False
+    if _own_summary(folder) is not None:
+        return True
+    try:
+        with (folder / "tiles.csv").open(encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == ",".join(TILES_HEADER)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def summarise(
@@ -127,7 +150,7 @@ def write_slide_outputs(
     Files go to a hidden temporary folder beside `folder`, renamed into place at the end; an
     interrupted run leaves nothing (or the previous result) behind.
     """
-    with atomic_dir(folder, replace=is_finished(folder)) as tmp:
+    with atomic_dir(folder, replace=is_own_result(folder)) as tmp:
         _write_files(analysis, regions, summary, tmp)
 
 
@@ -163,9 +186,7 @@ def write_tiles_csv(analysis: SlideAnalysis, path: Path) -> None:
     tissue = analysis.tissue_fraction[rows, cols]
     with path.open("w", newline="") as f:
         writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(
-            ["x", "y", "width", "height", "probability", "row", "col", "tissue_fraction"]
-        )
+        writer.writerow(TILES_HEADER)
         for box, p, r, c, t in zip(boxes.tolist(), probs.tolist(), rows.tolist(), cols.tolist(),
                                    tissue.tolist(), strict=True):  # fmt: skip
             writer.writerow([*box, f"{p:.6f}", r, c, f"{t:.3f}"])

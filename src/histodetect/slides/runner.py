@@ -17,6 +17,7 @@ from histodetect.slides.outputs import (
     SLIDE_OUTPUTS,
     finished_summary,
     is_finished,
+    is_own_result,
     slide_folder_name,
     summarise,
     write_slide_outputs,
@@ -113,7 +114,14 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
             )
         folders[name] = path
         folder = out / name
-        if folder.is_dir() and not is_finished(folder) and any(folder.iterdir()):
+        own = is_own_result(folder)
+        unfinished = folder.is_dir() and not is_finished(folder) and any(folder.iterdir())
+        if unfinished and own and not options.overwrite:
+            raise HistodetectError(
+                f"{folder} holds an incomplete slide result (one of the files histodetect "
+                "writes is missing or damaged); --overwrite redoes it."
+            )
+        if unfinished and not own:
             raise HistodetectError(
                 f"{folder} exists but holds no finished slide result (one of its files is "
                 "missing or summary.json is not the one histodetect writes); move it away or "
