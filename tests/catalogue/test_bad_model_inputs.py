@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from histodetect.cli.main import main
+from histodetect.data.store import not_a_store_reason
 from histodetect.modelfiles import bundled_model_path
 from histodetect.models import tiny_model_kwargs
 from histodetect.models.checkpoint import load_checkpoint, save_model
@@ -172,8 +173,21 @@ CASES = [
     Case("model file of Python objects", lambda t, s, r: ["predict", str(s), "--model", str(_pickled_objects(t / "objects.pt")), "--out", str(t / "p.csv"), "--no-progress"], ("objects.pt", "Python objects besides tensors", "could run code")),
     Case("checkpoint of Python objects", lambda t, s, r: ["predict", str(s), "--model", str(_pickled_objects(t / "objects.ckpt")), "--out", str(t / "p.csv"), "--no-progress"], ("objects.ckpt", "Python objects besides tensors")),
     Case("negative workers", lambda t, s, r: ["predict", str(s), "--model", str(r), "--out", str(t / "p.csv"), "--workers", "-3"], ("--workers", "negative")),
+    Case("predict out deep inside a store", lambda t, s, r: ["predict", str(s), "--model", str(r), "--out", str(_store_copy(t, s) / "sub" / "p.csv"), "--no-progress"], ("lies inside the patch store", "write the predictions elsewhere")),
+    Case("explain out inside a store", lambda t, s, r: ["explain", str(s), "--model", str(r), "--out", str(_store_copy(t, s) / "expl"), "--no-progress"], ("lies inside the patch store", "write the explanations elsewhere")),
+    Case("evaluate out inside a store", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(_store_copy(t, s) / "rep")], ("lies inside the patch store", "write the report elsewhere")),
+    Case("evaluate out is the store", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(_store_copy(t, s)), "--overwrite"], ("is the patch store",)),
     Case("evaluate unknown shift", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--shift", "fog", "--out", str(t / "rep")], ("--shift", "fog")),
 ]  # fmt: skip
+
+
+def _store_copy(tmp: Path, store: Path) -> Path:
+    """A copy of the store (a case that wrote into it would not touch the shared one). Before,
+    explain, evaluate and slide wrote their folders into a store, and then `ingest --overwrite`
+    refused to replace it; predict checked only the CSV's own folder."""
+    copy = tmp / "store_copy"
+    shutil.copytree(store, copy)
+    return copy
 
 
 def _without_pixels(tmp: Path, store: Path) -> Path:
@@ -287,6 +301,8 @@ def test_bad_model_input_is_one_clear_sentence(
         assert fragment in err, (fragment, err)
     assert not (tmp_path / "new_run").exists(), "a refused run must leave no run folder"
     assert not (tmp_path / "rep").exists(), "a refused evaluation must leave no report folder"
+    if (tmp_path / "store_copy").exists():
+        assert not_a_store_reason(tmp_path / "store_copy") is None, "the store must be untouched"
 
 
 def test_diverged_training_stops_with_a_sentence_and_exports_nothing(

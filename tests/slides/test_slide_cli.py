@@ -374,3 +374,19 @@ def test_bad_input_is_one_sentence_and_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         {slide.name, file.name} - {"missing.svs"}
     )
+
+
+def test_out_inside_a_patch_store_is_refused(
+    tiff_slide: LayoutSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """slide wrote its folders into a store, which `ingest --overwrite` then refused to replace."""
+    from imagefiles import make_synthetic_store
+
+    store = tmp_path / "store"
+    make_synthetic_store(store, n=8)
+    before = sorted(p.name for p in store.iterdir())
+    out = store / "slides"
+    assert _run([str(tiff_slide.path), "--out", str(out), "--stride-px", "96"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--out {out} lies inside the patch store {store}" in err and len(err.splitlines()) == 1
+    assert sorted(p.name for p in store.iterdir()) == before

@@ -278,6 +278,26 @@ def looks_like_store(folder: Path) -> bool:
     return header is not None and "fingerprint" in header
 
 
+def check_not_in_store(out: Path, what: str) -> None:
+    """Refuse an --out that is a patch store or lies anywhere inside one: a store holds only
+    what ingest wrote, and a folder of other outputs in it made `ingest --overwrite` refuse to
+    replace the store ("holds something histodetect did not write").
+
+    Raises:
+        HistodetectError: naming --out, the store and what to do.
+    """
+    path = out.absolute()
+    for folder in (path, *path.parents):
+        if looks_like_store(folder):
+            where = (
+                "is the patch store" if folder == path else f"lies inside the patch store {folder},"
+            )
+            raise HistodetectError(
+                f"--out {out} {where} which holds only what ingest wrote; write the {what} "
+                "elsewhere."
+            )
+
+
 def not_a_store_reason(folder: Path) -> str | None:
     """None when `folder` is a store histodetect wrote and nothing else; else why it is not.
 

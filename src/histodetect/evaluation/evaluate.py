@@ -235,8 +235,10 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
     Raises:
         HistodetectError: naming --out and what to do; nothing has been written.
     """
-    from histodetect.data.store import foreign_entries
+    from histodetect.data.store import check_not_in_store, foreign_entries
     from histodetect.evaluation.report import REPORT_OUTPUTS
+
+    check_not_in_store(out, "report")
 
     if out.exists() and not out.is_dir():
         raise HistodetectError(f"--out {out} is a file; give a folder for the report.")

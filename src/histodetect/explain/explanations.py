@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from histodetect.atomic import atomic_dir
-from histodetect.data.store import foreign_entries
+from histodetect.data.store import check_not_in_store, foreign_entries
 from histodetect.errors import HistodetectError
 from histodetect.explain.gradcam import colour_overlay, gradcam, require_captum
 
@@ -33,9 +33,11 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def check_out_folder(out: Path, overwrite: bool) -> None:
     """Refuse an --out that is a file, one that exists when not overwriting, and one that holds
-    something other than explanations even when overwriting (it would be deleted)."""
+    something other than explanations even when overwriting (it would be deleted), or lies in
+    a patch store."""
     if out.exists() and not out.is_dir():
         raise HistodetectError(f"--out {out} is a file; give a folder for the explanations.")
+    check_not_in_store(out, "explanations")
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:

@@ -264,15 +264,11 @@ def check_output(out: Path, overwrite: bool) -> None:
     is False; with `overwrite`, refuse one that is not a predictions CSV (an input image, a
     store's manifest, a user's own file)."""
     from histodetect.atomic import check_replaceable_file
-    from histodetect.data.store import looks_like_store
+    from histodetect.data.store import check_not_in_store
 
     if out.is_dir():
         raise HistodetectError(f"{out} is a folder; give a CSV file name to --out.")
-    if looks_like_store(out.absolute().parent):
-        raise HistodetectError(
-            f"--out {out} lies inside the patch store {out.parent}, which holds only what ingest "
-            "wrote; write the predictions elsewhere."
-        )
+    check_not_in_store(out, "predictions")
     check_replaceable_file(out, overwrite, is_predictions_csv, "a predictions CSV")
 
 

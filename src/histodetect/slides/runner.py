@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from histodetect.data.store import foreign_entries
+from histodetect.data.store import check_not_in_store, foreign_entries
 from histodetect.errors import HistodetectError
 from histodetect.slides.analysis import analyse_slide, resolve_slide_mpp
 from histodetect.slides.outputs import (
@@ -86,6 +86,7 @@ def check_out(out: Path) -> None:
     """Create --out if needed and prove it is writable, or raise one sentence naming it."""
     if out.exists() and not out.is_dir():
         raise HistodetectError(f"--out {out} is a file; give a folder for the slide results.")
+    check_not_in_store(out, "slide results")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
