@@ -332,11 +332,35 @@ def test_a_run_that_failed_before_its_first_checkpoint_can_be_rerun(
     store: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "aborted"
-    out.mkdir()
-    (out / "config.json").write_text("{}\n")  # what a run killed before its first checkpoint left
+    (out / "logs").mkdir(parents=True)
+    (out / "tensorboard").mkdir()
+    # what a run killed before its first checkpoint left, beside a user's own files
+    assert main(["train", "--data", str(store), "--out", str(tmp_path / "ref"), *TINY, *QUICK]) == 0
+    shutil.copy(tmp_path / "ref" / "config.json", out / "config.json")
+    (out / "logs" / "metrics.csv").write_text("epoch,step\n0,9\n")
+    (out / "tensorboard" / "events.out.tfevents.1.host").write_bytes(b"\0")
     (out / "notes.txt").write_text("mine\n")
+    (out / "logs" / "experiment-2023.txt").write_text("mine too\n")
     assert main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK]) == 0
     assert (out / "model.pt").is_file() and (out / "notes.txt").read_text() == "mine\n"
+    assert (out / "logs" / "experiment-2023.txt").read_text() == "mine too\n"
+    assert not (out / "tensorboard" / "events.out.tfevents.1.host").exists()
+
+
+def test_a_folder_with_a_config_json_of_its_own_is_not_cleared(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a review: any config.json made --out count as a failed run, and its logs/,
+    tensorboard/ and checkpoints/ folders were deleted whole."""
+    out = tmp_path / "project"
+    (out / "logs").mkdir(parents=True)
+    (out / "config.json").write_text('{"my": "settings"}\n')
+    (out / "logs" / "experiment-2023.txt").write_text("mine\n")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert "holds a config.json that is not a histodetect training config" in err, err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
 
 
 def test_resume_uses_the_folder_given_not_the_saved_path(
@@ -567,3 +591,23 @@ def test_calibrating_through_a_link_calibrates_its_file_and_keeps_the_link(
     after = load_checkpoint(target).spec
     assert (after.temperature, after.threshold) != (before.temperature, before.threshold)
     assert load_checkpoint(target).metadata["calibration"]["split"] == "all"
+
+
+@pytest.mark.parametrize(
+    "name, text, says",
+    [("config.json", "{", "config.json is damaged"), ("config.json", "[1]", "not a JSON object"),
+     ("run_info.json", "{", "run_info.json is damaged"),
+     ("run_info.json", "{}", "changed since this run began")],
+)  # fmt: skip
+def test_resume_of_a_run_with_a_damaged_json_file_is_one_sentence(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, text: str, says: str
+) -> None:
+    """From a review: json.loads and info["store_fingerprint"] gave internal errors ("a bug")."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for finished in ("summary.json", "model.pt"):  # an unfinished run, so it may be resumed
+        (copy / finished).unlink()
+    (copy / name).write_text(text)
+    assert main(["train", "--resume", str(copy), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and "internal error" not in err and len(err.strip().splitlines()) == 1, err

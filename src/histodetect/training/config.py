@@ -14,8 +14,8 @@ from histodetect.augment import AugmentConfig
 from histodetect.errors import HistodetectError, reject_unknown_fields
 from histodetect.hardware import PRECISIONS
 from histodetect.training.devices import check_accelerator_and_devices
+from histodetect.training.run_folder import CONFIG_FILE, read_run_json
 
-CONFIG_FILE = "config.json"
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "cosine", "constant")
 NORMALISATIONS = ("dataset", "none")
@@ -149,7 +149,7 @@ class TrainConfig:
         path = run_dir / CONFIG_FILE
         if not path.is_file():
             raise HistodetectError(f"{run_dir} is not a training run (no {CONFIG_FILE}).")
-        return cls.from_dict(json.loads(path.read_text()))
+        return cls.from_dict(read_run_json(path))
 
 
 MAX_EPOCHS = 10_000

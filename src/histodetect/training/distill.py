@@ -27,8 +27,8 @@ from histodetect.data.splits import Split, warn_if_trained_on_another_split
 from histodetect.data.store import PatchStore
 from histodetect.errors import HistodetectError
 from histodetect.training.config import TrainConfig
+from histodetect.training.run_folder import TEACHER_FILE
 
-TEACHER_FILE = "teacher.csv"
 CHUNK = 1024
 """Patches read from the store and scored per step (bounded memory for any store size)."""
 

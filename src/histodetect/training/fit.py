@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import signal
 import time
 import warnings
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from histodetect import __version__
+from histodetect.atomic import write_text_atomic
 from histodetect.data.inspection import channel_mean_std, check_pixels
 from histodetect.data.splits import warn_if_trained_on_another_split
 from histodetect.data.store import PatchStore, open_store
@@ -25,10 +25,10 @@ from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
 from histodetect.models import ModelSpec, resolved_model_kwargs
 from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, load_tensors, save_model
-from histodetect.training.config import CONFIG_FILE, TrainConfig
+from histodetect.training.config import TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.devices import check_runnable_here, lightning_refusal, on_cuda
-from histodetect.training.distill import TEACHER_FILE, score_teacher, teacher_targets
+from histodetect.training.distill import score_teacher, teacher_targets
 from histodetect.training.finetune import (
     init_spec,
     init_weights,
@@ -43,9 +43,14 @@ from histodetect.training.interrupt import (
 from histodetect.training.metrics_log import LOG_DIR, merge_parts, set_aside
 from histodetect.training.module import PatchClassifier
 from histodetect.training.progress import EpochSummary
-
-CHECKPOINT_DIR = "checkpoints"
-SUMMARY_FILE = "summary.json"
+from histodetect.training.run_folder import (
+    CHECKPOINT_DIR,
+    CONFIG_FILE,
+    RUN_INFO_FILE,
+    SUMMARY_FILE,
+    clear_failed_start,
+    read_run_json,
+)
 
 
 @dataclass(frozen=True)
@@ -191,11 +196,6 @@ def _is_primary_process() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
-RUN_FILES = (CONFIG_FILE, "run_info.json", SUMMARY_FILE, MODEL_FILE, CHECKPOINT_DIR, LOG_DIR,
-             "tensorboard", TEACHER_FILE)  # fmt: skip
-"""What a training run folder holds: the only names a replaced, never-started run may lose."""
-
-
 def _has_checkpoint(run_dir: Path) -> bool:
     return any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) or (run_dir / MODEL_FILE).exists()
 
@@ -216,13 +216,26 @@ def _prepare_run_dir(config: TrainConfig) -> None:
     _check_run_dir(config)
     run_dir = Path(config.out)
     if (run_dir / CONFIG_FILE).exists() and _is_primary_process():
-        for name in RUN_FILES:  # a run that failed before its first checkpoint: start afresh
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        _check_own_config(run_dir)
+        clear_failed_start(run_dir)  # a run that failed before its first checkpoint: afresh
     run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_own_config(run_dir: Path) -> None:
+    """Refuse a config.json that is not a whole TrainConfig histodetect wrote: any folder with
+    a config.json counted as a failed run, and its logs/ and tensorboard/ were deleted whole."""
+    path = run_dir / CONFIG_FILE
+    try:
+        saved = read_run_json(path)
+        TrainConfig.from_dict(saved)
+        ours = set(saved) == {f.name for f in dataclasses.fields(TrainConfig)}
+    except (HistodetectError, TypeError, ValueError):
+        ours = False
+    if not ours:
+        raise HistodetectError(
+            f"--out {run_dir} holds a {CONFIG_FILE} that is not a histodetect training config, "
+            "so it is not a run to start afresh; choose another --out (nothing was changed)."
+        )
 
 
 def resume_config(run_dir: Path | str) -> TrainConfig:
@@ -231,9 +244,9 @@ def resume_config(run_dir: Path | str) -> TrainConfig:
     run_dir = Path(run_dir)
     config = TrainConfig.load(run_dir)
     data = config.data
-    info_path = run_dir / "run_info.json"
+    info_path = run_dir / RUN_INFO_FILE
     if not Path(data).is_dir() and info_path.is_file():
-        data = str(json.loads(info_path.read_text()).get("store_path", data))
+        data = str(read_run_json(info_path).get("store_path", data))
     return dataclasses.replace(config, out=str(run_dir), data=data)
 
 
@@ -388,8 +401,8 @@ def _write_run_info(
     extra: dict[str, Any],
 ) -> None:
     if resume:
-        info = json.loads((run_dir / "run_info.json").read_text())
-        if info["store_fingerprint"] != store.fingerprint:
+        info = read_run_json(run_dir / RUN_INFO_FILE)
+        if info.get("store_fingerprint") != store.fingerprint:
             raise HistodetectError(
                 f"the store {store.root} changed since this run began; start a new run."
             )
@@ -409,7 +422,7 @@ def _write_run_info(
         else platform.processor() or "cpu",
         **extra,
     }
-    (run_dir / "run_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    write_text_atomic(run_dir / RUN_INFO_FILE, json.dumps(info, indent=2) + "\n")
 
 
 def _finish(
@@ -428,14 +441,14 @@ def _finish(
     if trainer.global_rank == 0:
         merge_parts(run_dir)
         loaded = load_checkpoint(best_path)
-        info = json.loads((run_dir / "run_info.json").read_text())
+        info = read_run_json(run_dir / RUN_INFO_FILE)
         metadata = {**info, "best_val_auc": best_auc, "best_epoch": loaded.metadata.get("epoch"),
                     "trained_from": str(best_path.name)}  # fmt: skip
         save_model(model_path, loaded.model, loaded.spec, metadata)
         summary = {"best_val_auc": best_auc, "epochs_run": trainer.current_epoch,
                    "global_step": trainer.global_step, "elapsed_s": round(elapsed_s, 1),
                    "model": str(model_path)}  # fmt: skip
-        (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        write_text_atomic(run_dir / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
         print(
             f"best validation AUC {best_auc:.4f} ({dm.split.method} split); model: {model_path}"
             if best_auc is not None
