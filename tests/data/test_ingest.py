@@ -143,7 +143,8 @@ def test_existing_empty_out_is_used_and_stale_scratch_removed(
     killed.mkdir(parents=True)
     (killed / "camelyonpatch_level_2_split_valid_x.h5").write_bytes(b"\0" * 1000)
     (tmp_path / ".store.tmp-0ld0ld00").mkdir()
-    (tmp_path / "store.ingest_report.md").write_text("# Failed ingest\n")  # an earlier failure
+    earlier = f"# Failed ingest into {tmp_path / 'store'}\n\n1 problem\n"  # an earlier failure
+    (tmp_path / "store.ingest_report.md").write_text(earlier)
     store, _ = ingest(tmp_path / "p", tmp_path / "store", IngestOptions(**QUIET))
     assert len(store) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p", "store"]
@@ -157,3 +158,23 @@ def test_zero_patches_fail_and_name_every_problem(tmp_path: Path, rng: np.random
         ingest(tmp_path / "k", tmp_path / "st", IngestOptions(**QUIET))
     assert not (tmp_path / "st").exists()
     assert "bad.tif" in (tmp_path / "st.ingest_report.md").read_text()
+
+
+def test_a_users_file_named_like_the_failure_report_is_kept(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """From a review: a successful ingest deleted `<out>.ingest_report.md` whatever it held, and
+    a failed one replaced it; only a report ingest wrote is removed or replaced now."""
+    mine = tmp_path / "st.ingest_report.md"
+    mine.write_text("my precious notes\n")
+    (tmp_path / "k" / "train").mkdir(parents=True)
+    (tmp_path / "k" / "train" / "bad.tif").write_bytes(b"junk")
+    (tmp_path / "k" / "train_labels.csv").write_text("id,label\nbad,1\n")
+    with pytest.raises(HistodetectError, match=r"all are listed in .*st\.ingest_report-1\.md"):
+        ingest(tmp_path / "k", tmp_path / "st", IngestOptions(**QUIET))
+    assert mine.read_text() == "my precious notes\n"
+    assert "bad.tif" in (tmp_path / "st.ingest_report-1.md").read_text()
+    make_pcam(tmp_path / "p", rng, {"valid": 4}, gz=False)
+    store, _ = ingest(tmp_path / "p", tmp_path / "st", IngestOptions(**QUIET))
+    assert len(store) == 4 and mine.read_text() == "my precious notes\n"
+    assert not (tmp_path / "st.ingest_report-1.md").exists()  # its own: gone with success

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,13 +93,35 @@ def ingest(
             _fail_if_unusable(report, options, out)
             report.write(writer.temp_dir)
             store = writer.finish({"source": str(source_path), "source_format": source.format_name})
-        failure_report_path(out).unlink(missing_ok=True)  # of an earlier failed run
+        for earlier in out.parent.glob(f"{glob.escape(out.name)}.ingest_report*.md"):
+            if _is_failure_report(earlier, out):  # of an earlier failed run; a user's file stays
+                earlier.unlink()
     return store, report
 
 
+FAILURE_TITLE = "Failed ingest into {out}"
+"""The first line of a failure report (after "# "): how ingest knows the file is its own."""
+
+
 def failure_report_path(out: Path) -> Path:
-    """Where a failed ingest lists its problems: `<out>.ingest_report.md` beside `out`."""
-    return out.with_name(f"{out.name}.ingest_report.md")
+    """Where a failed ingest lists its problems: `<out>.ingest_report.md` beside `out`, or
+    `<out>.ingest_report-N.md` when a file of that name is not a report ingest wrote."""
+    path = out.with_name(f"{out.name}.ingest_report.md")
+    n = 1
+    while path.exists() and not _is_failure_report(path, out):
+        path = out.with_name(f"{out.name}.ingest_report-{n}.md")
+        n += 1
+    return path
+
+
+def _is_failure_report(path: Path, out: Path) -> bool:
+    """True when `path` starts as the failure report of an ingest into `out` does (a user's
+    notes of that name were deleted by a later successful ingest, or replaced by a failed one)."""
+    try:
+        with path.open(encoding="utf-8") as f:
+            return f.readline().rstrip("\n") == "# " + FAILURE_TITLE.format(out=out)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _write_blocks(
@@ -199,7 +222,7 @@ def _fail_if_unusable(report: IngestReport, options: IngestOptions, out: Path) -
     listed = ""
     if report.problems:
         path = failure_report_path(out)
-        write_text_atomic(path, report.to_markdown(f"Failed ingest into {out}"))
+        write_text_atomic(path, report.to_markdown(FAILURE_TITLE.format(out=out)))
         first = "; ".join(
             f"{p.origin}: {p.reason}" for p in report.problems[:MAX_PROBLEMS_IN_ERROR]
         )
