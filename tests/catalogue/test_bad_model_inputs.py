@@ -88,6 +88,33 @@ def _nan_model(tmp: Path, run: Path) -> Path:
     return target
 
 
+def _negative_variance(tmp: Path, run: Path) -> Path:
+    """Finite weights, but a BatchNorm variance below zero: NaN out of PyTorch itself, which
+    export's parity check called "a bug in the export"."""
+    loaded = load_checkpoint(run / "model.pt")
+    for name, buffer in loaded.model.named_buffers():
+        if name.endswith("running_var"):
+            buffer.fill_(-1.0)
+    target = tmp / "negvar.pt"
+    save_model(target, loaded.model, loaded.spec, loaded.metadata)
+    return target
+
+
+def _nan_run(tmp: Path, run: Path) -> Path:
+    """A run folder with no model.pt whose checkpoints hold NaN weights (a run that diverged
+    and never exported): checkpoints were loaded unchecked, and export called it a bug."""
+    copy = tmp / "nan_run"
+    shutil.copytree(run, copy)
+    (copy / "model.pt").unlink()
+    for ckpt in (copy / "checkpoints").glob("*.ckpt"):
+        payload = torch.load(ckpt, map_location="cpu", weights_only=True)
+        for value in payload["state_dict"].values():
+            if value.is_floating_point():
+                value.fill_(float("nan"))
+        torch.save(payload, ckpt)
+    return copy
+
+
 def _other_model(tmp: Path, run: Path) -> Path:
     """A second model: the run's weights moved a little (an ensemble refuses one model twice)."""
     loaded = load_checkpoint(run / "model.pt")
@@ -156,6 +183,9 @@ CASES = [
     Case("resume with a recipe option", lambda t, s, r: ["train", "--resume", str(r), "--epochs", "30", "--teacher", str(r)], ("--resume", "--epochs, --teacher would be ignored", "start a new run")),
     Case("damaged weights", lambda t, s, r: ["predict", str(s), "--model", str(_damaged_model(t, r)), "--out", str(t / "p.csv"), "--no-progress"], ("damaged.pt", "checksum")),
     Case("nan weights", lambda t, s, r: ["evaluate", str(_nan_model(t, r)), "--data", str(s), "--out", str(t / "rep")], ("nan.pt", "non-finite")),
+    Case("negative variance, export", lambda t, s, r: ["export", str(_negative_variance(t, r)), "--out", str(t / "m.onnx")], ("non-finite probabilities in PyTorch itself",)),
+    Case("nan checkpoint, export", lambda t, s, r: ["export", str(_nan_run(t, r)), "--out", str(t / "m.onnx")], ("nan_run", ".ckpt", "non-finite")),
+    Case("nan checkpoint, evaluate", lambda t, s, r: ["evaluate", str(_nan_run(t, r)), "--data", str(s), "--out", str(t / "rep")], ("nan_run", ".ckpt", "non-finite")),
     Case("evaluate cuda without gpu", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(t / "rep"), "--device", "cuda"], ("--device cuda",)),
     Case("calibrate cuda without gpu", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--device", "cuda"], ("--device cuda",)),
     Case("calibrate bad threshold", lambda t, s, r: ["calibrate", str(r), "--data", str(s), "--threshold", "sensitivity=abc"], ("--threshold", "sensitivity=abc")),

@@ -282,6 +282,11 @@ def check_parity(
         pixels = np.random.default_rng(0).integers(0, 256, (4, size, size, 3), dtype=np.uint8)
     with torch.no_grad():
         _, expected = deployable(torch.from_numpy(pixels))
+    if not bool(torch.isfinite(expected).all()):  # finite weights, yet NaN: damaged statistics
+        raise HistodetectError(
+            "the model gives non-finite probabilities in PyTorch itself (damaged weights or "
+            "normalisation statistics), so it was not exported; retrain it or export another."
+        )
     session = OnnxBackend(onnx_path, "cpu").session
     (got,) = session.run([PROBABILITY_OUTPUT], {INPUT_NAME: pixels})
     difference = float(np.abs(np.asarray(got) - expected.numpy()).max())

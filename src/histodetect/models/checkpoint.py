@@ -178,6 +178,8 @@ def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
     if payload.get("format") == FORMAT:
         _check_weights(file, state, payload.get("weights_sha256"))
         state = _dequantise_int8(state)
+    else:  # a training checkpoint (a run that never exported): no checksum, still no NaN
+        _check_weights(file, state, None)
     try:
         model = build_model(spec)
     except HistodetectError as exc:
