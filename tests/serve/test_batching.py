@@ -4,6 +4,7 @@ only ever runs on the batcher's worker thread."""
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 import time
 from pathlib import Path
@@ -156,3 +157,37 @@ def test_a_lone_request_does_not_wait_for_company_that_is_not_coming() -> None:
     assert time.monotonic() - start < 1.5  # B's arrival ended the wait, not the 2 s cap
     assert sizes == [1, 2]  # A waited for B and they shared one pass
     batcher.close()
+
+
+def test_a_failure_of_the_batcher_itself_reaches_the_request_and_the_worker_lives_on() -> None:
+    """From a review: an infinite max wait made Condition.wait raise OverflowError on the
+    worker thread, which died; its request and every later one waited for ever."""
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        return np.zeros(len(pixels))
+
+    batcher = MicroBatcher(predict, max_batch=8, max_wait_s=float("inf"))
+    patch = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    with batcher.arriving():  # someone on the way: the worker waits for company, and fails
+        with batcher.arriving():
+            waiting = batcher.submit(patch)
+        with pytest.raises(OverflowError):
+            waiting.result(5)
+    assert batcher.queued_patches == 0
+    assert batcher.submit(patch).result(5).shape == (1,)  # the worker survives
+    batcher.close()
+
+
+@pytest.mark.parametrize(
+    "limits, says",
+    [({"max_wait_ms": float("inf")}, "--max-wait-ms must lie in 0..10,000"),
+     ({"max_wait_ms": float("nan")}, "--max-wait-ms"),
+     ({"max_upload_mb": float("inf")}, "--max-upload-mb must be a positive number of MB"),
+     ({"max_slide_mb": float("nan")}, "--max-slide-mb")],
+)  # fmt: skip
+def test_limits_that_are_not_finite_are_refused(limits: dict[str, float], says: str) -> None:
+    """inf passed the checks: --max-upload-mb inf gave 500 on every POST (int(inf))."""
+    from histodetect.errors import HistodetectError
+
+    with pytest.raises(HistodetectError, match=re.escape(says)):
+        ServeLimits(**limits)

@@ -179,29 +179,36 @@ class MicroBatcher:
             if isinstance(first, _Call):
                 _settle(first.future, first.fn)
                 continue
-            batch = self._gather(first)
-            self._run_batch(batch)
+            batch = [first]
+            try:
+                self._gather(batch)
+                self._run_batch(batch)
+            except BaseException as exc:  # the batcher's own failure: these requests get it,
+                for item in batch:  # and the worker lives on (a dead one left every later
+                    if not item.future.done():  # request waiting for ever)
+                        item.future.set_exception(exc)
 
-    def _gather(self, first: _Patches) -> list[_Patches]:
-        """`first` and the patch requests queued behind it, up to `max_batch` patches; waits up
-        to `max_wait_s` for more while the queue is empty."""
-        batch, n = [first], len(first.pixels)
+    def _gather(self, batch: list[_Patches]) -> None:
+        """Add to `batch` (its first request) the patch requests queued behind it, up to
+        `max_batch` patches; waits up to `max_wait_s` for more while the queue is empty."""
+        n = len(batch[0].pixels)
         deadline = time.monotonic() + self.max_wait_s
         with self._cond:
-            while self.enabled and n < self.max_batch:
-                head = self._items[0] if self._items else None
-                if isinstance(head, _Patches) and n + len(head.pixels) <= self.max_batch:
-                    self._items.popleft()
-                    batch.append(head)
-                    n += len(head.pixels)
-                    continue
-                remaining = deadline - time.monotonic()
-                if head is not None or remaining <= 0 or self._closed or not self._arriving:
-                    break  # an exclusive call or a large request is next, time is up, or no
-                    # request is on its way
-                self._cond.wait(remaining)
-            self._queued_patches -= n
-        return batch
+            try:
+                while self.enabled and n < self.max_batch:
+                    head = self._items[0] if self._items else None
+                    if isinstance(head, _Patches) and n + len(head.pixels) <= self.max_batch:
+                        self._items.popleft()
+                        batch.append(head)
+                        n += len(head.pixels)
+                        continue
+                    remaining = deadline - time.monotonic()
+                    if head is not None or remaining <= 0 or self._closed or not self._arriving:
+                        break  # an exclusive call or a large request is next, time is up, or
+                        # no request is on its way
+                    self._cond.wait(remaining)
+            finally:
+                self._queued_patches -= n
 
     def _run_batch(self, batch: list[_Patches]) -> None:
         pixels = batch[0].pixels if len(batch) == 1 else np.concatenate([b.pixels for b in batch])

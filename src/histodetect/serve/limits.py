@@ -16,6 +16,10 @@ from typing import Any
 from histodetect.errors import HistodetectError
 
 MB = 1 << 20
+MAX_BODY_MB = 1 << 20
+"""Largest --max-upload-mb / --max-slide-mb: 1 TiB, far above any slide (catches inf and typos)."""
+MAX_WAIT_MS = 10_000.0
+"""Longest --max-wait-ms: a batch that waits longer for company than 10 s helps no one."""
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -65,8 +69,10 @@ class ServeLimits:
         """Refuse limits that cannot work, naming the option."""
         for option, value in (("--max-upload-mb", self.max_upload_mb),
                               ("--max-slide-mb", self.max_slide_mb)):  # fmt: skip
-            if not value > 0:
-                raise HistodetectError(f"{option} must be positive, got {value}.")
+            if not 0 < value <= MAX_BODY_MB:  # also NaN and inf, which int() cannot take
+                raise HistodetectError(
+                    f"{option} must be a positive number of MB up to {MAX_BODY_MB:,}, got {value}."
+                )
         for option, number in (("--max-images", self.max_images), ("--max-batch", self.max_batch),
                                ("max_image_pixels", self.max_image_pixels),
                                ("max_request_pixels", self.max_request_pixels),
@@ -74,8 +80,10 @@ class ServeLimits:
                                ("max_inflight", self.max_inflight), ("max_jobs", self.max_jobs)):  # fmt: skip
             if number < 1:
                 raise HistodetectError(f"{option} must be at least 1, got {number}.")
-        if not self.max_wait_ms >= 0:
-            raise HistodetectError(f"--max-wait-ms must be 0 or more, got {self.max_wait_ms}.")
+        if not 0 <= self.max_wait_ms <= MAX_WAIT_MS:  # inf killed the batcher (wait(inf))
+            raise HistodetectError(
+                f"--max-wait-ms must lie in 0..{MAX_WAIT_MS:,}, got {self.max_wait_ms}."
+            )
         if self.max_queue < self.max_images:
             raise HistodetectError(
                 f"the queue ({self.max_queue} patches) must hold at least one full request "
