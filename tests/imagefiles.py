@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -122,3 +125,32 @@ def make_synthetic_store(out: Path, n: int = 256, seed: int = 0, holdout: tuple[
         writer.add(patches.pixels, patches.labels, splits, slides, [f"synth#{i}" for i in range(n)],
                    flag_outliers(patches.pixels))  # fmt: skip
         return writer.finish({"source": "synthetic", "source_format": "synthetic"})
+
+
+@contextlib.contextmanager
+def holding_lock_elsewhere(out: Path) -> Iterator[None]:
+    """Another process holds histodetect's output lock on `out` inside the block."""
+    import subprocess
+    import sys
+
+    ready = out.with_name(out.name + ".held")
+    code = (
+        "import sys, time; from pathlib import Path; from histodetect.atomic import output_lock\n"
+        "with output_lock(Path(sys.argv[1])):\n"
+        "    Path(sys.argv[2]).touch(); sys.stdin.read()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(out), str(ready)], stdin=subprocess.PIPE
+    )
+    try:
+        for _ in range(600):
+            if ready.exists() or holder.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert ready.exists(), "the lock holder did not start"
+        yield
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(30)
+        ready.unlink(missing_ok=True)

@@ -641,3 +641,18 @@ def test_resume_of_a_run_with_a_damaged_json_file_is_one_sentence(
     assert main(["train", "--resume", str(copy), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert says in err and "internal error" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_second_training_into_one_run_folder_is_refused(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a review: nothing locked a run folder, so two `--resume` of one run (a requeue
+    while the first still ran) took turns overwriting each other's checkpoints."""
+    from imagefiles import holding_lock_elsewhere
+
+    out = tmp_path / "busy"
+    with holding_lock_elsewhere(out):
+        assert main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK]) == 2
+    err = capsys.readouterr().err
+    assert f"another histodetect process is writing {out}" in err, err
+    assert not out.exists()

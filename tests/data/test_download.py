@@ -19,7 +19,7 @@ from histodetect.data.download import fetch
 from histodetect.data.download.checksums import PCAM_MD5, read_checksums
 from histodetect.data.download.pcam import pcam_file_names
 from histodetect.errors import HistodetectError
-from imagefiles import make_pcam
+from imagefiles import holding_lock_elsewhere, make_pcam
 
 SIZES = {"train": 6, "valid": 4, "test": 4}
 
@@ -280,3 +280,25 @@ def test_checksum_file_lines_must_be_in_md5sum_form(tmp_path: Path) -> None:
     bad.write_text("not-a-checksum x.h5.gz\n")
     with pytest.raises(HistodetectError, match="line 1 is not"):
         read_checksums(bad)
+    binary = tmp_path / "sums.md5"
+    binary.write_bytes(b"\xff\xfe\x00bad")  # a UTF-16 export, say: it was "a bug"
+    with pytest.raises(HistodetectError, match=r"sums\.md5 is not UTF-8 text"):
+        read_checksums(binary)
+    with pytest.raises(HistodetectError, match="is a folder; give the md5sum file in it"):
+        read_checksums(tmp_path)  # it said "does not exist"
+
+
+def test_a_second_download_of_one_file_is_refused_while_the_first_runs(tmp_path: Path) -> None:
+    """From a review: two downloads into one --out appended to one .part file, and the MD5
+    check then set the mixed bytes aside, losing the resumable progress of both."""
+    from histodetect.atomic import output_lock
+
+    dest = tmp_path / "x.h5.gz"
+    part = tmp_path / "x.h5.gz.part"
+    part.write_bytes(b"progress so far")
+    busy = pytest.raises(HistodetectError, match="another histodetect process is writing")
+    with holding_lock_elsewhere(dest), busy:
+        fetch.fetch_file("http://127.0.0.1:9/x.h5.gz", dest, "0" * 32)
+    assert part.read_bytes() == b"progress so far"
+    with output_lock(dest):  # released by the other process: free again
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -17,7 +18,7 @@ from typing import Any
 import torch
 
 from histodetect import __version__
-from histodetect.atomic import write_text_atomic
+from histodetect.atomic import output_lock, write_text_atomic
 from histodetect.data.inspection import channel_mean_std, check_pixels
 from histodetect.data.splits import warn_if_trained_on_another_split
 from histodetect.data.store import PatchStore, open_store
@@ -313,13 +314,22 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     """Train (or resume) a run; writes config.json, logs, checkpoints/, model.pt, summary.json.
 
     With ``resume=True``, `config` is read again from ``config.out`` (see `resume_config`).
+    The run folder is locked for the whole run (by the launching process only: DDP's workers
+    re-run this command): two `--resume` of one run (a scheduler's requeue while the first
+    still runs) took turns overwriting one another's checkpoints.
 
     Raises:
         HistodetectError: missing store, pixels changed since ingest, data that cannot train,
-            existing run without resume,
+            existing run without resume, another process training into the same folder,
             store changed since the run began, or a diverged run (non-finite loss).
         Interrupted: stopped by SIGTERM or Ctrl-C; the last checkpoint is kept for --resume.
     """
+    lock = output_lock(Path(config.out)) if _is_primary_process() else contextlib.nullcontext()
+    with lock:
+        return _fit(config, resume, progress)
+
+
+def _fit(config: TrainConfig, resume: bool, progress: bool) -> FitResult:
     import lightning as L  # noqa: N812 - Lightning's documented alias
 
     started = time.monotonic()

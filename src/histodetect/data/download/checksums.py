@@ -51,10 +51,19 @@ def read_checksums(path: Path) -> dict[str, str]:
     Raises:
         HistodetectError: the file is missing or a line is not in that form.
     """
+    if path.is_dir():
+        raise HistodetectError(f"--checksums {path} is a folder; give the md5sum file in it.")
     if not path.is_file():
         raise HistodetectError(f"--checksums file {path} does not exist.")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "is not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else "cannot be read"
+        raise HistodetectError(
+            f"--checksums {path} {why}; give the text file md5sum writes ('<md5>  <file name>')."
+        ) from None
     table: dict[str, str] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         m = _MD5SUM_LINE.match(line.rstrip())

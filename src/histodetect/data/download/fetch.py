@@ -16,6 +16,7 @@ from typing import BinaryIO
 from tqdm import tqdm
 
 from histodetect import __version__
+from histodetect.atomic import output_lock
 from histodetect.data.download.checksums import file_md5
 from histodetect.errors import HistodetectError
 
@@ -89,14 +90,15 @@ def fetch_file(url: str, dest: Path, md5: str, options: FetchOptions | None = No
             space, or an MD5 mismatch (the file is moved aside to `dest.bad-md5`).
     """
     options = options or FetchOptions()
-    if dest.is_file():
-        _verify(dest, dest, md5, options)
-        return FetchResult(dest, "present", dest.stat().st_size)
-    part = dest.with_name(dest.name + PART_SUFFIX)
-    _download_with_retries(url, part, options)
-    _verify(part, dest, md5, options)
-    part.replace(dest)
-    return FetchResult(dest, "downloaded", dest.stat().st_size)
+    with output_lock(dest):  # two downloads appended to one .part; the MD5 then failed both
+        if dest.is_file():
+            _verify(dest, dest, md5, options)
+            return FetchResult(dest, "present", dest.stat().st_size)
+        part = dest.with_name(dest.name + PART_SUFFIX)
+        _download_with_retries(url, part, options)
+        _verify(part, dest, md5, options)
+        part.replace(dest)
+        return FetchResult(dest, "downloaded", dest.stat().st_size)
 
 
 def _verify(path: Path, dest: Path, md5: str, options: FetchOptions) -> None:
