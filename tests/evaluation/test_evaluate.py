@@ -63,6 +63,33 @@ def test_fitting_on_the_reported_split_is_refused(
         evaluate(model_file, store, tmp_path / "r", EvaluateOptions(split="holdout"))
 
 
+@pytest.mark.parametrize(
+    "calibrate_on, split, shared", [("all", "test", 60), ("val", "valid", 60), ("valid", "all", 60)]
+)
+def test_calibration_on_patches_the_report_scores_is_refused(
+    store: Path, model_file: Path, tmp_path: Path, calibrate_on: str, split: str, shared: int
+) -> None:
+    """From a review: only the option strings were compared, so these fitted the threshold on
+    the reported patches and called them a held-out split; the model file stays untouched."""
+    before = model_file.read_bytes()
+    opts = EvaluateOptions(split=split, calibrate_on=calibrate_on, n_boot=20)
+    with pytest.raises(HistodetectError, match=f"share {shared} patches; fit the threshold"):
+        evaluate(model_file, store, tmp_path / "r", opts)
+    assert model_file.read_bytes() == before and not (tmp_path / "r").exists()
+
+
+def test_a_refused_evaluation_leaves_the_model_file_uncalibrated(
+    store: Path, model_file: Path, tmp_path: Path
+) -> None:
+    """From a review: `--split tset --calibrate-on train` saved a calibration into the model,
+    then stopped on the unknown split."""
+    before = model_file.read_bytes()
+    opts = EvaluateOptions(split="tset", calibrate_on="train", n_boot=20)
+    with pytest.raises(HistodetectError, match="has no split 'tset'"):
+        evaluate(model_file, store, tmp_path / "r", opts)
+    assert model_file.read_bytes() == before
+
+
 def test_split_option_takes_common_spellings(store: Path, model_file: Path, tmp_path: Path) -> None:
     # `--split val` (or Valid, validation, TEST) names the store's `valid` / `test` split.
     for given, stored in (("val", "valid"), ("TEST", "test")):

@@ -199,11 +199,13 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
             f"use --calibrate-on valid with --split test (not both {opts.split})."
         )
     loaded, store = load_checkpoint(model), open_store(store_path)
-    if opts.calibrate_on is not None:
-        loaded = calibrate(loaded, store, resolve_split(store, opts.calibrate_on, loaded),
-                           opts.threshold, opts.tta, opts.device, opts.batch_size, opts.precision)  # fmt: skip
-    split = resolve_split(store, opts.split, loaded)
+    split = resolve_split(store, opts.split, loaded)  # every check before calibration saves
     _check_two_classes(store, split)
+    if opts.calibrate_on is not None:
+        fitted_on = resolve_split(store, opts.calibrate_on, loaded)
+        _check_disjoint(fitted_on, split, opts)
+        loaded = calibrate(loaded, store, fitted_on, opts.threshold, opts.tta, opts.device,
+                           opts.batch_size, opts.precision)  # fmt: skip
     logits = _score(loaded, store, split.indices, opts.tta, opts.device, opts.batch_size,
                     opts.precision)  # fmt: skip
     probs = probabilities(logits, loaded.spec.temperature)
@@ -220,6 +222,19 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
         (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
         _write_report(tmp, metrics, labels, probs, store, split, loaded)
     return metrics
+
+
+def _check_disjoint(fitted_on: EvalSplit, reported: EvalSplit, opts: EvaluateOptions) -> None:
+    """Refuse calibration on patches the report also scores: only the option strings were
+    compared, so `--calibrate-on all --split test` (or `val` with `valid`) fitted the threshold
+    on the test patches and reported them as a held-out split."""
+    shared = np.intersect1d(fitted_on.indices, reported.indices).size
+    if shared:
+        raise HistodetectError(
+            f"--calibrate-on {opts.calibrate_on} and --split {opts.split} share {shared:,} "
+            "patches; fit the threshold and temperature on a split disjoint from the one "
+            "reported (e.g. --calibrate-on valid --split test)."
+        )
 
 
 def check_batch_size(batch_size: int) -> None:
