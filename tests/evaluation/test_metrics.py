@@ -57,6 +57,23 @@ def test_bootstrap_interval_brackets_auc() -> None:
     assert auc is not None and lo < auc < hi and hi - lo < 0.15
 
 
+def test_bootstrap_resamples_within_each_class() -> None:
+    """From a review: one tumour among 100 patches raised IndexError when every resample missed
+    it (an internal error), and few resamples gave an interval that excluded the estimate."""
+    labels = np.r_[np.zeros(99, int), 1]
+    probs = np.linspace(0, 1, 100)
+    probs[-1] = 0.6
+    for seed in range(20):  # unstratified, many of these drew no tumour at all
+        interval = bootstrap_auc_ci(labels, probs, n_boot=1, seed=seed)
+        assert interval is not None and 0.0 <= interval[0] == interval[1] <= 1.0
+    rng = np.random.default_rng(2)
+    labels = np.r_[np.zeros(150, int), np.ones(50, int)]
+    probs = np.clip(labels * 0.3 + rng.normal(0.35, 0.2, 200), 0, 1)
+    lo, hi = bootstrap_auc_ci(labels, probs, n_boot=200)  # type: ignore[misc]
+    auc = compute_auc(labels, probs)
+    assert auc is not None and lo < auc < hi
+
+
 def test_compute_metrics_has_report_and_per_slide() -> None:
     labels = np.array([0, 1, 0, 1, 1, 0])
     probs = np.array([0.2, 0.9, 0.4, 0.6, 0.3, 0.1])

@@ -43,16 +43,19 @@ def compute_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
 def bootstrap_auc_ci(
     labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of the ROC AUC (resampling patches with replacement)."""
+    """Percentile bootstrap interval of the ROC AUC, resampling with replacement within each
+    class (stratified, as pROC does): every resample has both classes and the split's class
+    balance. Resampling all patches together dropped the one-class resamples in silence, and
+    raised IndexError when all were dropped (one tumour among 100 patches)."""
+    labels = np.asarray(labels)
     if len(np.unique(labels)) < 2:
         return None
     rng = np.random.default_rng(seed)
-    n = len(labels)
+    groups = [np.flatnonzero(labels == c) for c in np.unique(labels)]
     aucs = []
     for _ in range(n_boot):
-        idx = rng.integers(0, n, n)
-        if labels[idx].min() != labels[idx].max():
-            aucs.append(roc_auc_score(labels[idx], probs[idx]))
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        aucs.append(roc_auc_score(labels[idx], probs[idx]))
     lo, hi = np.percentile(aucs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
     return float(lo), float(hi)
 
