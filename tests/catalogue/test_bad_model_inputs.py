@@ -88,6 +88,19 @@ def _nan_model(tmp: Path, run: Path) -> Path:
     return target
 
 
+def _collapsed(tmp: Path, run: Path) -> Path:
+    """Every weight zero: one logit (the output bias) for every patch. Calibration saved a
+    temperature of 20 and a threshold of 1.0 (every patch normal) into it."""
+    loaded = load_checkpoint(run / "model.pt")
+    with torch.no_grad():
+        for name, parameter in loaded.model.named_parameters():
+            if not name.endswith("bias"):
+                parameter.zero_()
+    target = tmp / "collapsed.pt"
+    save_model(target, loaded.model, loaded.spec, loaded.metadata)
+    return target
+
+
 def _negative_variance(tmp: Path, run: Path) -> Path:
     """Finite weights, but a BatchNorm variance below zero: NaN out of PyTorch itself, which
     export's parity check called "a bug in the export"."""
@@ -183,6 +196,7 @@ CASES = [
     Case("resume with a recipe option", lambda t, s, r: ["train", "--resume", str(r), "--epochs", "30", "--teacher", str(r)], ("--resume", "--epochs, --teacher would be ignored", "start a new run")),
     Case("damaged weights", lambda t, s, r: ["predict", str(s), "--model", str(_damaged_model(t, r)), "--out", str(t / "p.csv"), "--no-progress"], ("damaged.pt", "checksum")),
     Case("nan weights", lambda t, s, r: ["evaluate", str(_nan_model(t, r)), "--data", str(s), "--out", str(t / "rep")], ("nan.pt", "non-finite")),
+    Case("collapsed model, calibrate", lambda t, s, r: ["calibrate", str(_collapsed(t, r)), "--data", str(s), "--split", "all"], ("same probability", "collapsed")),
     Case("negative variance, export", lambda t, s, r: ["export", str(_negative_variance(t, r)), "--out", str(t / "m.onnx")], ("non-finite probabilities in PyTorch itself",)),
     Case("nan checkpoint, export", lambda t, s, r: ["export", str(_nan_run(t, r)), "--out", str(t / "m.onnx")], ("nan_run", ".ckpt", "non-finite")),
     Case("nan checkpoint, evaluate", lambda t, s, r: ["evaluate", str(_nan_run(t, r)), "--data", str(s), "--out", str(t / "rep")], ("nan_run", ".ckpt", "non-finite")),

@@ -131,3 +131,18 @@ def test_probabilities_of_extreme_logits_are_exact_and_silent() -> None:
     assert p[0] == 0.0 and p[-1] == 1.0 and np.all(np.diff(p) >= 0)
     tta = probabilities(np.array([[0.0, 2.0], [-1e4, 1e4]]), 2.0)
     np.testing.assert_allclose(tta, [(0.5 + 1 / (1 + np.exp(-1.0))) / 2, 0.5])
+
+
+def test_a_collapsed_model_gets_no_threshold_and_a_temperature_at_its_limit_is_said() -> None:
+    """From a review: constant logits on balanced labels gave T = 20.085 (the bound) in silence
+    and a Youden threshold of 1.0 (every patch called normal), saved as a calibration."""
+    from histodetect.evaluation.calibration import temperature_warning
+
+    labels = np.r_[np.zeros(50, int), np.ones(50, int)]
+    constant = np.full(100, 0.3)
+    temperature = fit_temperature(constant, labels)
+    assert "upper limit" in (temperature_warning(temperature) or "")
+    with pytest.raises(HistodetectError, match="same probability"):
+        choose_threshold(labels, probabilities(constant, temperature), "youden")
+    informative = np.r_[np.full(50, -2.0), np.full(50, 2.0)] + np.linspace(-3, 3, 100)
+    assert temperature_warning(fit_temperature(informative, labels)) is None

@@ -42,6 +42,20 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def temperature_warning(temperature: float) -> str | None:
+    """A sentence when a fitted temperature stopped at the end of its range: at 20 the model's
+    scores hardly relate to the labels (a collapsed or untrained model, another task's labels),
+    at 0.05 they are far too timid; None for an ordinary fit."""
+    log_t = float(np.log(temperature))
+    if log_t >= LOG_T_BOUNDS[1] - 1e-3:
+        return (f"the fitted temperature reached its upper limit ({temperature:.1f}): the "
+                "model's scores hardly relate to these labels; check the model and the split.")  # fmt: skip
+    if log_t <= LOG_T_BOUNDS[0] + 1e-3:
+        return (f"the fitted temperature reached its lower limit ({temperature:.2f}): the "
+                "model's logits are far too small for these labels; check the model.")  # fmt: skip
+    return None
+
+
 def parse_threshold_method(text: str) -> tuple[str, float | None]:
     """`--threshold` value: "youden", "sensitivity" or "sensitivity=0.95" (target sensitivity in
     (0, 1]), or a fixed number in [0, 1] such as "0.5".
@@ -91,6 +105,11 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str) -> floa
         return value
     if len(np.unique(labels)) < 2:
         raise HistodetectError("fitting a threshold needs both classes in the calibration split.")
+    if np.ptp(np.asarray(probs, dtype=np.float64)) == 0:  # Youden then picked 1.0: all normal
+        raise HistodetectError(
+            "the model gives every patch of the calibration split the same probability (a "
+            "collapsed model), so no threshold can be fitted; retrain it or use another model."
+        )
     from sklearn.metrics import roc_curve
 
     fpr, tpr, thresholds = roc_curve(labels, probs)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from histodetect.evaluation.calibration import (
     fit_temperature,
     parse_threshold_method,
     probabilities,
+    temperature_warning,
 )
 from histodetect.evaluation.metrics import compute_metrics
 from histodetect.inference.scoring import pick_device, require_finite, score_array
@@ -145,6 +147,9 @@ def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: 
     logits = _score(loaded, store, split.indices, tta, device, batch_size, precision)
     labels = store.manifest.labels[split.indices].astype(int)
     temperature = fit_temperature(logits, labels)
+    warning = temperature_warning(temperature)
+    if warning is not None:
+        print(f"warning: {loaded.path}: {warning}", file=sys.stderr)
     threshold = choose_threshold(labels, probabilities(logits, temperature), method)
     spec = loaded.spec.replace(temperature=temperature, threshold=threshold)
     calibration = {"store_fingerprint": store.fingerprint, "split": split.name, "method": method,
