@@ -166,3 +166,21 @@ def test_int8_without_usable_calibration_patches_is_one_sentence(
     assert main([*argv, "--int8-calibration", str(tmp_path / "empty")]) == 2
     assert "holds no" in capsys.readouterr().err
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_int8_calibration_patches_are_spread_over_every_input(tmp_path: Path) -> None:
+    """From a review: with fewer than twice `n` patches in all, the first `n` were kept, so a
+    second input never set the activation ranges."""
+    from PIL import Image
+
+    from histodetect.export.quantize import calibration_patches
+
+    for name, value in (("first", 10), ("second", 200)):
+        folder = tmp_path / name
+        folder.mkdir()
+        for i in range(30):
+            Image.fromarray(np.full((96, 96, 3), value, np.uint8)).save(folder / f"p{i:02d}.png")
+    pixels = calibration_patches([tmp_path / "first", tmp_path / "second"], 96, n=40)
+    assert len(pixels) == 40
+    means = pixels.reshape(len(pixels), -1).mean(axis=1)
+    assert (means == 10).sum() == 20 and (means == 200).sum() == 20

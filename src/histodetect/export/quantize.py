@@ -60,7 +60,9 @@ def calibration_patches(
             rows = np.arange(seen, seen + len(batch.pixels))
             chosen.append(batch.pixels[rows % keep_every == 0])
             seen += len(batch.pixels)
-    pixels = np.concatenate(chosen)[:n] if chosen else np.zeros((0,), np.uint8)
+    pixels = np.concatenate(chosen) if chosen else np.zeros((0,), np.uint8)
+    if len(pixels) > n:  # up to 2n were kept: thin evenly, not the first n (the first input)
+        pixels = pixels[np.linspace(0, len(pixels) - 1, n).round().astype(int)]
     if not len(pixels):
         raise HistodetectError(f"--int8-calibration found no readable {patch_size_px} px "
                                "patches to calibrate on; give patches like the training data.")  # fmt: skip
