@@ -1,5 +1,7 @@
 """Metrics and calibration as pure functions, checked against hand computations."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -146,3 +148,16 @@ def test_a_collapsed_model_gets_no_threshold_and_a_temperature_at_its_limit_is_s
         choose_threshold(labels, probabilities(constant, temperature), "youden")
     informative = np.r_[np.full(50, -2.0), np.full(50, 2.0)] + np.linspace(-3, 3, 100)
     assert temperature_warning(fit_temperature(informative, labels)) is None
+
+
+def test_a_calibration_fitted_with_other_tta_is_noted(tmp_path: Path) -> None:
+    """From a review: a threshold and temperature fitted on the mean of 8 views were applied to
+    single views (and the reverse) in silence: nothing read the calibration's `tta` back."""
+    from histodetect.evaluation.calibration import tta_mismatch_note
+
+    fitted = {"calibration": {"tta": False, "temperature": 1.1, "threshold": 0.46}}
+    assert tta_mismatch_note(fitted, False, tmp_path / "m.pt") is None
+    note = tta_mismatch_note(fitted, True, tmp_path / "m.pt")
+    assert note is not None and "calibrated without --tta and runs with it" in note
+    assert "calibrate a copy --tta" in note
+    assert tta_mismatch_note({}, True, tmp_path / "m.pt") is None  # nothing said: no note

@@ -6,6 +6,9 @@ path of a deployment that may have neither.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
 from histodetect.errors import HistodetectError
@@ -22,6 +25,23 @@ def probabilities(logits: np.ndarray, temperature: float) -> np.ndarray:
     e = np.exp(-np.abs(z))
     p = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
     return p.mean(axis=1) if p.ndim == 2 else p
+
+
+def tta_mismatch_note(metadata: dict[str, Any], tta: bool, path: Path) -> str | None:
+    """A note when a model's saved calibration was fitted with TTA and it runs without (or the
+    reverse): the 8 views' mean probability is less extreme than one view's, so the fitted
+    temperature and threshold do not carry over. None when they match or nothing says."""
+    calibration = metadata.get("calibration")
+    if not isinstance(calibration, dict) or not isinstance(calibration.get("tta"), bool):
+        return None
+    if calibration["tta"] == tta:
+        return None
+    fitted, now = ("with", "without") if calibration["tta"] else ("without", "with")
+    option = " --tta" if tta else ""
+    return (f"note: {path} was calibrated {fitted} --tta and runs {now} it, so its threshold "
+            "and temperature were fitted to other probabilities (the ranking, and so AUC, is "
+            f"the same); to match, calibrate a copy{option}: histodetect calibrate COPY --data "
+            f"STORE --split valid{option}.")  # fmt: skip
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:

@@ -26,6 +26,7 @@ from histodetect.evaluation.calibration import (
     parse_threshold_method,
     probabilities,
     temperature_warning,
+    tta_mismatch_note,
 )
 from histodetect.evaluation.metrics import compute_metrics
 from histodetect.inference.scoring import pick_device, require_finite, score_array
@@ -211,6 +212,10 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
         _check_disjoint(fitted_on, split, opts)
         loaded = calibrate(loaded, store, fitted_on, opts.threshold, opts.tta, opts.device,
                            opts.batch_size, opts.precision)  # fmt: skip
+    else:
+        note = tta_mismatch_note(loaded.metadata, opts.tta, loaded.path)
+        if note is not None:
+            print(note, file=sys.stderr)
     logits = _score(loaded, store, split.indices, opts.tta, opts.device, opts.batch_size,
                     opts.precision)  # fmt: skip
     probs = probabilities(logits, loaded.spec.temperature)

@@ -6,6 +6,7 @@ PyTorch for anything else (see `histodetect.inference.backends`)."""
 from __future__ import annotations
 
 import csv
+import sys
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,11 @@ class Predictor:
         self.metadata = opened.metadata
         self.tta = tta
         self.batch_size = batch_size
+        from histodetect.evaluation.calibration import tta_mismatch_note
+
+        note = tta_mismatch_note(self.metadata, tta, self.model_path)
+        if note is not None:
+            print(note, file=sys.stderr)
 
     @property
     def description(self) -> str:
