@@ -184,3 +184,21 @@ def test_int8_calibration_patches_are_spread_over_every_input(tmp_path: Path) ->
     assert len(pixels) == 40
     means = pixels.reshape(len(pixels), -1).mean(axis=1)
     assert (means == 10).sum() == 20 and (means == 200).sum() == 20
+
+
+@pytest.mark.parametrize("crop_px", [33, 64, 95])
+def test_tta_of_the_exported_model_matches_torch_for_any_crop(
+    tmp_path: Path, rng: np.random.Generator, crop_px: int
+) -> None:
+    """From a review: torch cropped, then flipped; ONNX flips the patch, then its graph crops.
+    With an odd margin (96 - 33, 96 - 95) the crop is not centred, so the views differed."""
+    source = save_tiny_model(tmp_path / "model.pt", "seed_cnn", crop_px=crop_px)
+    onnx_path = export_onnx(source, tmp_path / "model.onnx").path
+    pixels = rng.integers(0, 256, (6, 96, 96, 3), dtype=np.uint8)
+    torch_tta = Predictor(source, device="cpu", tta=True, precision="32-true")
+    onnx_tta = Predictor(onnx_path, device="cpu", tta=True)
+    for backend in ("fused where it builds", "eager"):
+        if backend == "eager":
+            torch_tta.backend.fused = None  # type: ignore[attr-defined]
+        got = torch_tta.predict_pixels(pixels)
+        np.testing.assert_allclose(got, onnx_tta.predict_pixels(pixels), atol=PARITY)

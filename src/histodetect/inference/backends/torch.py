@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from histodetect.augment import apply_d4
 from histodetect.errors import HistodetectError
 from histodetect.hardware import autocast, resolve_precision, use_channels_last
-from histodetect.inference.backends import N_TTA_VIEWS
+from histodetect.inference.backends import N_TTA_VIEWS, d4_view_nhwc
 from histodetect.models.pool_order import relu_before_pool
 from histodetect.models.spec import ModelSpec, prepare_batch
 
@@ -60,14 +59,29 @@ def view_logits(
             `bf16-mixed`; see `histodetect.hardware`.
     """
     precision = resolve_precision(precision, device.type)
-    x = prepare_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(device), spec)
-    if use_channels_last(device.type, precision):
-        x = x.contiguous(memory_format=torch.channels_last)
+    layout = torch.channels_last if use_channels_last(device.type, precision) else None
     with autocast(device.type, precision):
         if not tta:
-            return model(x).float().cpu().numpy()
-        views = [model(apply_d4(x, k)).float() for k in range(N_TTA_VIEWS)]
+            return model(_input(pixels, spec, device, layout)).float().cpu().numpy()
+        views = [model(x).float() for x in tta_inputs(pixels, spec, device, layout)]
     return torch.stack(views, dim=1).cpu().numpy()
+
+
+def _input(
+    pixels: np.ndarray, spec: ModelSpec, device: torch.device, layout: torch.memory_format | None
+) -> torch.Tensor:
+    x = prepare_batch(torch.from_numpy(np.ascontiguousarray(pixels)).to(device), spec)
+    return x if layout is None else x.contiguous(memory_format=layout)
+
+
+def tta_inputs(
+    pixels: np.ndarray, spec: ModelSpec, device: torch.device, layout: torch.memory_format | None
+) -> list[torch.Tensor]:
+    """Model inputs of the 8 dihedral views of uint8 patches: each view of the whole patch,
+    then `prepare_batch`, as the ONNX graph (which crops inside) sees them. Flipping after a
+    crop with an odd margin (96 - 33 px) moved its window by a pixel: TTA then gave other
+    probabilities than the exported model's (up to 0.003)."""
+    return [_input(d4_view_nhwc(pixels, k), spec, device, layout) for k in range(N_TTA_VIEWS)]
 
 
 def fused_cpu_graph(
@@ -133,9 +147,10 @@ class TorchBackend:
     @torch.inference_mode()
     def _fused_logits(self, pixels: np.ndarray, tta: bool) -> np.ndarray:
         assert self.fused is not None
-        x = prepare_batch(torch.from_numpy(np.ascontiguousarray(pixels)), self.spec)
-        x = x.contiguous(memory_format=torch.channels_last).to(self.fused_dtype)
+        cpu, layout = torch.device("cpu"), torch.channels_last
         if not tta:
+            x = _input(pixels, self.spec, cpu, layout).to(self.fused_dtype)
             return self.fused(x).float().numpy()
-        views = [self.fused(apply_d4(x, k)).float() for k in range(N_TTA_VIEWS)]
+        inputs = tta_inputs(pixels, self.spec, cpu, layout)
+        views = [self.fused(x.to(self.fused_dtype)).float() for x in inputs]
         return torch.stack(views, dim=1).numpy()
