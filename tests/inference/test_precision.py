@@ -12,8 +12,9 @@ from histodetect.inference.predictor import Predictor
 from real_patches import valid_patches
 
 MAX_AUC_DIFFERENCE = 0.005
-MAX_PROBABILITY_DIFFERENCE = 0.05
-"""bf16 keeps 8 bits of mantissa: 0.01-0.035 in probability was measured (docs/BENCHMARKS.md)."""
+MAX_PROBABILITY_DIFFERENCE = 0.02
+"""bf16 keeps 8 bits of mantissa: 0.005-0.007 in probability for the bundled model with
+BatchNorm folded in fp32 (0.026 when the frozen bf16 graph folded it; docs/BENCHMARKS.md)."""
 
 
 def test_bf16_matches_fp32_on_real_patches(shared_data: Path) -> None:
@@ -27,3 +28,21 @@ def test_bf16_matches_fp32_on_real_patches(shared_data: Path) -> None:
     auc_fp32, auc_bf16 = (compute_auc(labels, probs[p]) for p in ("32-true", "bf16-mixed"))
     assert abs(auc_fp32 - auc_bf16) <= MAX_AUC_DIFFERENCE
     assert auc_fp32 > 0.8  # the model is real, so the comparison means something
+
+
+def test_batchnorm_folding_keeps_the_function(shared_data: Path) -> None:
+    """The fp32 fold the fused bf16 graph starts from: the same probabilities as the model."""
+    import torch
+
+    from histodetect.inference.backends.torch import fold_batchnorm
+    from histodetect.models.checkpoint import load_checkpoint
+    from histodetect.models.spec import prepare_batch
+
+    pixels, _ = valid_patches(shared_data, per_class=20)
+    loaded = load_checkpoint(None)
+    folded = fold_batchnorm(loaded.model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in loaded.model.modules())  # a copy
+    x = prepare_batch(torch.from_numpy(pixels), loaded.spec)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), loaded.model(x), atol=1e-4, rtol=1e-4)

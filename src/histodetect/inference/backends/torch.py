@@ -2,7 +2,8 @@
 
 On a CPU at bf16 the model also runs as a frozen TorchScript graph in bf16 with oneDNN graph
 fusion (fused conv + BN + ReLU kernels on AMX / AVX-512 BF16): 2.2x the eager autocast path on
-the dev CPU, at the same quality (docs/BENCHMARKS.md). In fp32 on a CPU that takes channels_last
+the dev CPU, at the same quality (docs/BENCHMARKS.md; BatchNorm is folded into the convs in
+fp32 before the cast). In fp32 on a CPU that takes channels_last
 (`histodetect.hardware.use_channels_last`) it runs as the same kind of graph in fp32 (BN folded
 into the convs): probabilities within 5e-5 of eager fp32, about 1.3x the eager channels_last
 path on an AVX2 CPU. Models TorchScript cannot trace run eagerly (under autocast at bf16), as on GPUs.
@@ -10,6 +11,7 @@ path on an AVX2 CPU. Models TorchScript cannot trace run eagerly (under autocast
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import numpy as np
@@ -98,7 +100,10 @@ def fused_cpu_graph(
         torch.jit.enable_onednn_fusion(True)  # a flag of TorchScript graphs only
         # A copy in the textbook conv-BN-ReLU-pool order: oneDNN's graph fuses conv + BN + ReLU
         # and cannot add a ReLU after a pool (histodetect.models.pool_order).
-        twin = relu_before_pool(model).eval().to(dtype).to(memory_format=memory_format)  # type: ignore[call-overload]
+        # BatchNorm folded into the convs in fp32 first: folded by the freeze after the bf16
+        # cast, the scale and shift were rounded three times, 4x the error (docs/BENCHMARKS.md).
+        twin = relu_before_pool(fold_batchnorm(model)).eval().to(dtype)
+        twin = twin.to(memory_format=memory_format)  # type: ignore[call-overload]
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer and TorchScript notices, not for users
             example = example.contiguous(memory_format=memory_format)
@@ -108,6 +113,23 @@ def fused_cpu_graph(
             return graph
     except Exception:  # a model or CPU this path cannot serve; eager autocast still works
         return None
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with every BatchNorm2d that directly follows a Conv2d in an
+    nn.Sequential folded into that conv, in the model's own precision; other layers as they are."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for sequence in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        layers = list(sequence.children())
+        names = [name for name, _ in sequence.named_children()]
+        for i in range(len(layers) - 1):
+            conv, bn = layers[i], layers[i + 1]
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                setattr(sequence, names[i], fuse_conv_bn_eval(conv, bn))
+                setattr(sequence, names[i + 1], nn.Identity())
+    return folded
 
 
 class TorchBackend:
