@@ -20,6 +20,7 @@ import torch
 
 from histodetect.cli.main import main
 from histodetect.data.store import not_a_store_reason
+from histodetect.errors import HistodetectError
 from histodetect.modelfiles import bundled_model_path
 from histodetect.models import tiny_model_kwargs
 from histodetect.models.checkpoint import load_checkpoint, save_model
@@ -670,3 +671,64 @@ def test_a_second_training_into_one_run_folder_is_refused(
     err = capsys.readouterr().err
     assert f"another histodetect process is writing {out}" in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "env, primary",
+    [({}, True), ({"RANK": "0", "LOCAL_RANK": "0"}, True), ({"SLURM_PROCID": "1"}, False),
+     ({"RANK": "3", "LOCAL_RANK": "0"}, False), ({"GROUP_RANK": "1", "LOCAL_RANK": "0"}, False),
+     ({"LOCAL_RANK": "1"}, False)],
+)  # fmt: skip
+def test_only_the_global_rank_0_process_prepares_and_locks_the_run_folder(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], primary: bool
+) -> None:
+    """From a review: LOCAL_RANK / NODE_RANK alone took every srun task and each torchrun
+    node's first process for rank 0, and with the run-folder lock they refused one another."""
+    from histodetect.training.fit import RANK_VARIABLES, _is_primary_process
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _is_primary_process() is primary
+
+
+def test_resume_of_the_current_folder_names_the_run_not_the_option(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a review: the run-folder lock refused `train --resume .` with "--out . names no
+    new folder"; the run's own state is what decides."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    monkeypatch.chdir(copy)
+    assert main(["train", "--resume", ".", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "has already finished" in err and "names no new folder" not in err, err
+
+
+def test_a_failed_start_of_an_older_version_can_be_started_again(
+    store: Path, run: Path, tmp_path: Path
+) -> None:
+    """From a review: a config.json without the keys added since (init, teacher,
+    distill_weight) was refused as "not a histodetect training config"."""
+    out = tmp_path / "old_start"
+    out.mkdir()
+    saved = json.loads((run / "config.json").read_text())
+    for newer in ("init", "teacher", "distill_weight"):
+        saved.pop(newer)
+    (out / "config.json").write_text(json.dumps(saved))
+    assert main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK]) == 0
+    assert (out / "model.pt").is_file()
+
+
+def test_an_out_beside_a_store_reached_through_dotdot_is_not_inside_it(
+    store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a review: `absolute()` kept `..`, so from inside a store `--out ../report` had the
+    store among its parents and was refused."""
+    from histodetect.data.store import check_not_in_store
+
+    monkeypatch.chdir(store)
+    check_not_in_store(Path("../report"), "report")  # beside the store: no error
+    with pytest.raises(HistodetectError, match="lies inside the patch store"):
+        check_not_in_store(Path("sub/report"), "report")

@@ -46,3 +46,32 @@ def test_batchnorm_folding_keeps_the_function(shared_data: Path) -> None:
     x = prepare_batch(torch.from_numpy(pixels), loaded.spec)
     with torch.no_grad():
         torch.testing.assert_close(folded(x), loaded.model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_a_batchnorm_subclass_with_its_own_activation_is_not_folded() -> None:
+    """From a review: isinstance matched timm's BatchNormAct2d (BN, then its activation), which
+    was folded into the conv and replaced by Identity, dropping the activation."""
+    import torch
+    from torch import nn
+
+    from histodetect.inference.backends.torch import fold_batchnorm
+
+    class BatchNormReLU(nn.BatchNorm2d):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(super().forward(x))
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 4, 3), BatchNormReLU(4), nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+    )
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    model.eval()
+    folded = fold_batchnorm(model)
+    assert isinstance(folded[1], BatchNormReLU) and isinstance(folded[3], nn.Identity)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), atol=1e-5, rtol=1e-5)

@@ -191,3 +191,26 @@ def test_limits_that_are_not_finite_are_refused(limits: dict[str, float], says: 
 
     with pytest.raises(HistodetectError, match=re.escape(says)):
         ServeLimits(**limits)
+
+
+def test_a_cancelled_request_does_not_fail_the_others_of_its_batch() -> None:
+    """From a review: setting the result of a future its client had cancelled (a shutdown
+    timeout) raised InvalidStateError, which was then handed to every request of the batch."""
+    release = threading.Event()
+
+    def predict(pixels: np.ndarray) -> np.ndarray:
+        release.wait(5)
+        return np.arange(len(pixels), dtype=np.float64)
+
+    batcher = MicroBatcher(predict, max_batch=8, max_wait_s=0.5)
+    patch = np.zeros((1, 4, 4, 3), dtype=np.uint8)
+    blocker = batcher.submit(patch)  # the worker is busy with it while three more queue
+    time.sleep(0.1)
+    with batcher.arriving():
+        queued = [batcher.submit(patch) for _ in range(3)]
+    assert queued[0].cancel()  # its client went away before the batch ran
+    release.set()
+    assert blocker.result(5).shape == (1,)
+    assert [f.result(5).shape for f in queued[1:]] == [(1,), (1,)]
+    assert batcher.submit(patch).result(5).shape == (1,)
+    batcher.close()

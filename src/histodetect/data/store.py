@@ -286,7 +286,7 @@ def check_not_in_store(out: Path, what: str) -> None:
     Raises:
         HistodetectError: naming --out, the store and what to do.
     """
-    path = out.absolute()
+    path = out.resolve()  # `..` and links as the file system sees them: `store/../x` is not in it
     for folder in (path, *path.parents):
         if looks_like_store(folder):
             where = (

@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -185,8 +185,7 @@ class MicroBatcher:
                 self._run_batch(batch)
             except BaseException as exc:  # the batcher's own failure: these requests get it,
                 for item in batch:  # and the worker lives on (a dead one left every later
-                    if not item.future.done():  # request waiting for ever)
-                        item.future.set_exception(exc)
+                    _deliver(item.future, exception=exc)  # request waiting for ever)
 
     def _gather(self, batch: list[_Patches]) -> None:
         """Add to `batch` (its first request) the patch requests queued behind it, up to
@@ -216,20 +215,35 @@ class MicroBatcher:
             probabilities = self.predict_fn(pixels)
         except BaseException as exc:  # handed to every waiting request, never lost
             for item in batch:
-                item.future.set_exception(exc)
+                _deliver(item.future, exception=exc)
             return
         self.stats.forward_passes += 1
         self.stats.patches += len(pixels)
         self.stats.largest_batch = max(self.stats.largest_batch, len(pixels))
         start = 0
         for item in batch:
-            item.future.set_result(probabilities[start : start + len(item.pixels)])
+            _deliver(item.future, probabilities[start : start + len(item.pixels)])
             start += len(item.pixels)
 
 
 def _settle(future: Future[_T], fn: Callable[[], _T]) -> None:
     """Run `fn` and put its result or exception into `future`."""
     try:
-        future.set_result(fn())
+        result = fn()
     except BaseException as exc:
-        future.set_exception(exc)
+        _deliver(future, exception=exc)
+        return
+    _deliver(future, result)
+
+
+def _deliver(
+    future: Future[_T], result: _T | None = None, exception: BaseException | None = None
+) -> None:
+    """Settle `future` unless its request went away (a client gone, a shutdown timeout:
+    asyncio cancels the future it awaited). Setting a cancelled future raised
+    InvalidStateError, which then failed every other request of the batch."""
+    with contextlib.suppress(InvalidStateError):
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(result)  # type: ignore[arg-type]

@@ -192,9 +192,23 @@ def _trainer(config: TrainConfig, run_dir: Path, progress: bool) -> Any:
         raise lightning_refusal(exc, where) from exc
 
 
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+"""Where a launcher says which process this is: Lightning's own DDP launcher (LOCAL_RANK,
+NODE_RANK), torchrun (RANK, GROUP_RANK) and srun (SLURM_PROCID, one process per task)."""
+
+
 def _is_primary_process() -> bool:
-    """False in the processes Lightning's DDP launcher starts (they re-run the same command)."""
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """True only in the process of global rank 0: the one that prepares, locks and clears the
+    run folder. LOCAL_RANK and NODE_RANK alone took every srun task and each torchrun node's
+    first process for it, and those then refused one another on the run folder's lock."""
+    return all(_rank(os.environ.get(name)) == 0 for name in RANK_VARIABLES)
+
+
+def _rank(value: str | None) -> int:
+    try:
+        return int(value) if value not in (None, "") else 0
+    except ValueError:  # a launcher's variable we cannot read: not taken for rank 0's
+        return -1
 
 
 def _has_checkpoint(run_dir: Path) -> bool:
@@ -228,8 +242,8 @@ def _check_own_config(run_dir: Path) -> None:
     path = run_dir / CONFIG_FILE
     try:
         saved = read_run_json(path)
-        TrainConfig.from_dict(saved)
-        ours = set(saved) == {f.name for f in dataclasses.fields(TrainConfig)}
+        TrainConfig.from_dict(saved)  # refuses a key TrainConfig does not have
+        ours = {"data", "out", "model", "epochs"} <= set(saved)  # older runs lack newer keys
     except (HistodetectError, TypeError, ValueError):
         ours = False
     if not ours:
@@ -324,7 +338,12 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
             store changed since the run began, or a diverged run (non-finite loss).
         Interrupted: stopped by SIGTERM or Ctrl-C; the last checkpoint is kept for --resume.
     """
-    lock = output_lock(Path(config.out)) if _is_primary_process() else contextlib.nullcontext()
+    # the real path: `--resume .` is a folder name too, and a link and its target one folder
+    lock = (
+        output_lock(Path(config.out).resolve())
+        if _is_primary_process()
+        else contextlib.nullcontext()
+    )
     with lock:
         return _fit(config, resume, progress)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -78,12 +79,14 @@ def _input(
 
 def tta_inputs(
     pixels: np.ndarray, spec: ModelSpec, device: torch.device, layout: torch.memory_format | None
-) -> list[torch.Tensor]:
+) -> Iterator[torch.Tensor]:
     """Model inputs of the 8 dihedral views of uint8 patches: each view of the whole patch,
     then `prepare_batch`, as the ONNX graph (which crops inside) sees them. Flipping after a
     crop with an odd margin (96 - 33 px) moved its window by a pixel: TTA then gave other
-    probabilities than the exported model's (up to 0.003)."""
-    return [_input(d4_view_nhwc(pixels, k), spec, device, layout) for k in range(N_TTA_VIEWS)]
+    probabilities than the exported model's (up to 0.003). One view at a time: eight float
+    copies of a 256-patch batch held together are 216 MB."""
+    for k in range(N_TTA_VIEWS):
+        yield _input(d4_view_nhwc(pixels, k), spec, device, layout)
 
 
 def fused_cpu_graph(
@@ -126,7 +129,8 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         names = [name for name, _ in sequence.named_children()]
         for i in range(len(layers) - 1):
             conv, bn = layers[i], layers[i + 1]
-            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+            # exact types: timm's BatchNormAct2d (a subclass) also applies its activation
+            if type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d:
                 setattr(sequence, names[i], fuse_conv_bn_eval(conv, bn))
                 setattr(sequence, names[i + 1], nn.Identity())
     return folded
