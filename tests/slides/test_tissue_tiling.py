@@ -116,3 +116,31 @@ def test_bad_stride_is_refused(tmp_path: Path, stride: int) -> None:
         pytest.raises(HistodetectError, match="--stride-px"),
     ):
         plan_grid(reader, 0.5, 0.972, stride, 96)
+
+
+def test_a_slide_far_coarser_than_the_model_is_refused(tmp_path: Path) -> None:
+    """From a review: a TIFF tagged 300 dpi read as 84.7 µm/px; the slide was to be blown up
+    87x into millions of cells, and 4 GB were in use after 12 s, with no word of --mpp."""
+    path = write_pyramid(tmp_path / "s.tif", np.full((200, 200, 3), 200, np.uint8), 0.5, 1)
+    with open_slide(path, "tifffile") as reader:
+        with pytest.raises(HistodetectError, match=r"records 84.7 µm/px, 87x coarser.*--mpp"):
+            plan_grid(reader, 84.7, 0.972, 32, 96)
+        plan_grid(reader, 0.972 * 3.9, 0.972, 32, 96)  # a 2.5x scan is still read
+
+
+class _Reader:
+    """A stub slide: 100,000 px wide, levels 1 and 4 (the level-4 read at 0.1% off scale)."""
+
+    path = Path("stub.svs")
+    level_downsamples = (1.0, 4.0)
+    level_dimensions = ((100_000, 400), (25_000, 100))
+
+
+def test_level0_coordinates_follow_the_pixels_read_when_the_scale_is_rounded() -> None:
+    """From a review: a scale within 0.1% of 1 is read as is, but tiles.csv and the regions
+    used model_mpp / slide_mpp: the last tile was listed 87 px from where it was read."""
+    grid = plan_grid(_Reader(), 0.25, 0.25 * 4.0035, 32, 96)  # type: ignore[arg-type]
+    assert grid.level == 1 and grid.scale == 1.0 and grid.level0_per_model_px == 4.0
+    last = grid.tile_boxes(np.array([0]), np.array([grid.n_cols - 1]))[0]
+    read_at = ((grid.n_cols - 1) * grid.stride_px - grid.margin_px) * grid.level_downsample
+    assert last[0] == read_at

@@ -48,8 +48,10 @@ class Grid:
 
     @property
     def level0_per_model_px(self) -> float:
-        """Level-0 pixels per model pixel."""
-        return self.model_mpp / self.slide_mpp
+        """Level-0 pixels per model pixel, as tiles are read: the level's downsample times its
+        resampling (model_mpp / slide_mpp, except where a scale within 0.1% of 1 is read
+        as is: the coordinates then drifted from the pixels read, 87 px across 100,000)."""
+        return self.level_downsample * self.scale
 
     @property
     def margin_px(self) -> int:
@@ -92,6 +94,11 @@ def check_stride(stride_px: int, patch_size_px: int) -> None:
         )
 
 
+MAX_UPSAMPLING = 4.0
+"""A slide coarser than the model by more than this (a 2.5x scan for a 10x model) is refused:
+the detail is not there, and a DPI tag taken for microns asked for 87x and millions of cells."""
+
+
 def plan_grid(
     reader: SlideReader, slide_mpp: float, model_mpp: float, stride_px: int, patch_size_px: int
 ) -> Grid:
@@ -102,6 +109,13 @@ def plan_grid(
     """
     check_stride(stride_px, patch_size_px)
     f = model_mpp / slide_mpp
+    if f < 1 / MAX_UPSAMPLING:
+        raise HistodetectError(
+            f"{reader.path} records {slide_mpp:g} µm/px, {1 / f:.0f}x coarser than the model's "
+            f"{model_mpp:g} µm/px: its tiles would be blown up {1 / f:.0f}x (a print "
+            "resolution such as 300 dpi reads as 84.7 µm/px); pass --mpp with the scanner's "
+            "resolution."
+        )
     level = pick_level(reader.level_downsamples, f)
     downsample = reader.level_downsamples[level]
     scale = f / downsample
