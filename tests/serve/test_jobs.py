@@ -181,3 +181,29 @@ def test_a_job_cut_short_by_shutdown_says_so(make_client: Any, slides_dir: Path)
     context.jobs.start(job, slides_dir / "layout.tif", options, uploaded=False)
     result = wait_for(client, f"/v1/jobs/{job.id}")
     assert result["status"] == "failed" and "server stopped" in result["error"]
+
+
+def test_a_job_whose_results_cannot_be_written_says_so_not_a_bug(
+    make_client: Any, slides_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a review: ENOSPC or EACCES while writing a job's outputs fell into the catch-all
+    and the client read "internal error (a bug in histodetect ...)"."""
+    import errno
+
+    from histodetect.slides import runner
+    from histodetect.slides.runner import SlideOptions
+
+    def full_disk(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runner, "run_slides", full_disk)
+    client = make_client()
+    context = client.app.state.context
+    job = context.jobs.create("layout.tif")
+    context.jobs.start(
+        job, slides_dir / "layout.tif", SlideOptions(stride_px=96, progress=False), uploaded=False
+    )
+    result = wait_for(client, f"/v1/jobs/{job.id}")
+    assert result["status"] == "failed" and "bug" not in result["error"]
+    assert "could not write the slide's results" in result["error"]
+    assert "No space left on device" in result["error"]

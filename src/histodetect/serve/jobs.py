@@ -174,6 +174,15 @@ class SlideJobs:
         except QueueFullError:  # only raised to slide jobs when the batcher has closed
             job.error = "the server stopped before the slide was done; submit it again."
             job.status = job.stage = "failed"
+        except OSError as exc:  # the server's disk, not the client's slide and not a bug
+            LOG.error(
+                "slide job %s (%s) could not write its results", job.id, job.slide, exc_info=exc
+            )
+            job.error = (
+                "the server could not write the slide's results (its --jobs-dir is full or not "
+                f"writable: {exc.strerror or type(exc).__name__}); tell the server's operator."
+            )
+            job.status = job.stage = "failed"
         except Exception as exc:
             LOG.error("slide job %s (%s) failed", job.id, job.slide, exc_info=exc)
             job.error = (
