@@ -67,8 +67,17 @@ def test_an_uploaded_slide_becomes_heatmap_regions_and_summary(
     assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
     regions = client.get(job["links"]["regions"]).json()
     assert regions["type"] == "FeatureCollection" and regions["features"]
-    assert client.get(job["links"]["summary"]).json()["n_tiles"] == summary["n_tiles"]
-    assert client.get(job["links"]["report"]).text.lstrip().lower().startswith("<!doctype html")
+    assert client.get(job["links"]["summary"]).json() == summary
+    report = client.get(job["links"]["report"]).text
+    assert report.lstrip().lower().startswith("<!doctype html")
+    # the files a client downloads held the upload's path and the model's path on the server
+    jobs_dir, model_dir = (
+        str(client.app.state.context.jobs.jobs_dir),
+        str(bundled.model_path.parent),
+    )
+    for served in (client.get(job["links"]["summary"]).text, report):
+        assert jobs_dir not in served and model_dir not in served
+    assert "my slide.tif" in report
     # the uploaded copy is gone once the job is done; the results stay
     job_folder = client.app.state.context.jobs.get(job["id"]).folder
     assert not list(job_folder.glob("upload/*")) and list(job_folder.glob("result/*/heatmap.png"))

@@ -7,6 +7,7 @@ model, so patch requests keep being answered while a slide is scored.
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import threading
@@ -167,6 +168,7 @@ class SlideJobs:
                 raise HistodetectError(outcome.failed[0])
             job.summary = public_summary(outcome.done[0], job.slide)
             job.result = job.folder / "result" / slide_folder_name(slide)
+            _strip_server_paths(job.result, outcome.done[0], job.summary)
             job.status = job.stage = "done"
         except HistodetectError as exc:
             job.error = api_wording(str(exc).replace(str(slide), job.slide))  # no server paths
@@ -250,6 +252,27 @@ def public_summary(summary: dict[str, Any], slide: str) -> dict[str, Any]:
         model["path"] = Path(str(model["path"])).name
     public["model"] = model
     return public
+
+
+def _strip_server_paths(folder: Path, summary: dict[str, Any], public: dict[str, Any]) -> None:
+    """Make the files a client downloads say what the job's status says: summary.json and
+    report.html held the upload's path under --jobs-dir and the model's path on the server."""
+    import html
+
+    from histodetect.atomic import write_text_atomic
+    from histodetect.slides.outputs import SUMMARY_FILE
+
+    write_text_atomic(folder / SUMMARY_FILE, json.dumps(public, indent=2) + "\n")
+    report = folder / "report.html"
+    text = report.read_text(encoding="utf-8")
+    pairs = [(str(summary.get("slide", "")), str(public["slide"])),
+             (str(summary.get("model", {}).get("path", "")), str(public["model"].get("path", ""))),
+             (str(summary.get("folder", "")), "")]  # fmt: skip
+    for private, shown in pairs:
+        if private:
+            text = text.replace(html.escape(private), html.escape(shown)).replace(private, shown)
+            text = text.replace(json.dumps(private)[1:-1], json.dumps(shown)[1:-1])
+    write_text_atomic(report, text)
 
 
 def check_slide(slide: Path, name: str, spec: ModelSpec, options: SlideOptions) -> None:
