@@ -144,3 +144,20 @@ def test_level0_coordinates_follow_the_pixels_read_when_the_scale_is_rounded() -
     last = grid.tile_boxes(np.array([0]), np.array([grid.n_cols - 1]))[0]
     read_at = ((grid.n_cols - 1) * grid.stride_px - grid.margin_px) * grid.level_downsample
     assert last[0] == read_at
+
+
+def test_a_grid_of_too_many_cells_is_refused_and_the_mask_is_never_finer_than_a_cell() -> None:
+    """From a review: --stride-px 2 on a 100,000 px slide planned 132 M cells and a tissue mask
+    finer than the slide itself (MIN_MASK_PX_PER_CELL = 4 mask pixels per 2 px cell)."""
+    from histodetect.slides.analysis import mask_px_per_cell
+
+    class Big(_Reader):
+        level_downsamples = (1.0, 4.0)
+        level_dimensions = ((100_000, 80_000), (25_000, 20_000))
+
+    with pytest.raises(HistodetectError, match=r"--stride-px 2 cuts stub.svs into 1.*cells"):
+        plan_grid(Big(), 0.25, 0.972, 2, 96)  # type: ignore[arg-type]
+    grid = plan_grid(Big(), 0.25, 0.972, 8, 96)  # type: ignore[arg-type]
+    assert grid.n_rows * grid.n_cols > 5_000_000
+    small = plan_grid(_Reader(), 0.25, 0.972, 2, 96)  # type: ignore[arg-type]
+    assert mask_px_per_cell(small) == 2

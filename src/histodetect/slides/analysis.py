@@ -153,9 +153,10 @@ def analyse_slide(
 
 
 def mask_px_per_cell(grid: Grid) -> int:
-    """Mask pixels per cell side: `MIN_MASK_PX_PER_CELL`, more for small slides."""
+    """Mask pixels per cell side: `MIN_MASK_PX_PER_CELL`, more for small slides, and never
+    more than the cell's model pixels (at --stride-px 2 the mask was finer than the slide)."""
     wanted = -(-THUMBNAIL_SIDE_PX // max(grid.n_rows, grid.n_cols))
-    return max(MIN_MASK_PX_PER_CELL, min(wanted, grid.stride_px))
+    return min(max(MIN_MASK_PX_PER_CELL, wanted), grid.stride_px)
 
 
 def mask_cells(

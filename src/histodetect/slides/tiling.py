@@ -99,6 +99,11 @@ MAX_UPSAMPLING = 4.0
 the detail is not there, and a DPI tag taken for microns asked for 87x and millions of cells."""
 
 
+MAX_CELLS = 10_000_000
+"""Most cells of one slide's grid: a 100,000 x 80,000 px slide at 0.25 µm/px has 0.5 M at the
+default stride of 32 and 132 M at 2 (its tissue mask alone would need some 25 GB)."""
+
+
 def plan_grid(
     reader: SlideReader, slide_mpp: float, model_mpp: float, stride_px: int, patch_size_px: int
 ) -> Grid:
@@ -125,6 +130,12 @@ def plan_grid(
         raise HistodetectError(
             f"{reader.path} ({width0}x{height0} px at {slide_mpp:g} µm/px) is smaller than one "
             f"{stride_px} px cell at the model's {model_mpp:g} µm/px; check --mpp."
+        )
+    if n_rows * n_cols > MAX_CELLS:
+        raise HistodetectError(
+            f"--stride-px {stride_px} cuts {reader.path} into {n_rows * n_cols:,} cells; one run "
+            f"analyses at most {MAX_CELLS:,}: give a larger --stride-px (each doubling quarters "
+            "the count)."
         )
     scale = 1.0 if abs(scale - 1.0) < 1e-3 else scale
     return Grid(
