@@ -216,3 +216,29 @@ def test_a_job_whose_results_cannot_be_written_says_so_not_a_bug(
     assert result["status"] == "failed" and "bug" not in result["error"]
     assert "could not write the slide's results" in result["error"]
     assert "No space left on device" in result["error"]
+
+
+def test_a_job_still_queued_at_shutdown_fails_and_its_upload_goes(
+    make_client: Any, slides_dir: Path
+) -> None:
+    """From a review: shutdown cancelled queued jobs before they ran, so they stayed "queued"
+    for ever and their uploads (up to --max-slide-mb each) stayed in --jobs-dir."""
+    import shutil
+    import threading
+
+    from histodetect.slides.runner import SlideOptions
+
+    client = make_client()
+    jobs = client.app.state.context.jobs
+    release = threading.Event()
+    jobs._executor.submit(release.wait, 10)  # the one worker is busy
+    job = jobs.create("layout.tif")
+    upload = job.folder / "upload" / "layout.tif"
+    upload.parent.mkdir()
+    shutil.copy(slides_dir / "layout.tif", upload)
+    jobs.start(job, upload, SlideOptions(stride_px=96, progress=False), uploaded=True)
+    jobs.close()
+    release.set()
+    status = client.get(f"/v1/jobs/{job.id}").json()
+    assert status["status"] == "failed" and "server stopped" in status["error"]
+    assert not upload.exists()

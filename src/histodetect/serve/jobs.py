@@ -145,8 +145,16 @@ class SlideJobs:
         return job.result / OUTPUT_FILES[link]
 
     def close(self) -> None:
-        """Stop taking jobs; a running job is left to finish on its daemon thread."""
+        """Stop taking jobs. A running job is left to finish (the interpreter waits for it at
+        exit); a queued one never runs, so it is marked failed and its upload deleted (they
+        stayed "queued" with up to --max-slide-mb each left in --jobs-dir)."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            queued = [job for job in self._jobs.values() if job.status == "queued"]
+        for job in queued:
+            job.error = "the server stopped before the slide was analysed; submit it again."
+            job.status = job.stage = "failed"
+            shutil.rmtree(job.folder / "upload", ignore_errors=True)
 
     def _forget_old(self) -> None:
         finished = [job for job in self._jobs.values() if job.status in ("done", "failed")]
