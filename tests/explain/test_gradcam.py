@@ -166,3 +166,20 @@ def test_explain_lists_a_patch_given_twice_twice_and_fits_other_sizes(
     assert sorted(p.name for p in out.iterdir()) == sorted([*overlays, "explanations.csv"])
     assert rows[0]["probability"] == rows[1]["probability"]
     assert main([*argv, "--resize", "--overwrite"]) == 0  # explain's own folder stays its own
+
+
+def test_the_predicted_class_explained_is_the_reported_one(rng: np.random.Generator) -> None:
+    """From a review: the "predicted" sign came from one fp32 view while explain and /v1/explain
+    report the class of predict_pixels (--tta, bf16), so near the threshold Grad-CAM could
+    explain the other class. Given the reported probabilities, it explains theirs."""
+    model, spec = _tiny("histocnn")
+    pixels = rng.integers(0, 256, size=(3, 96, 96, 3), dtype=np.uint8)
+    above = np.full(3, spec.threshold + 0.01)
+    below = np.full(3, spec.threshold - 0.01)
+    as_tumour = gradcam(model, spec, pixels, probabilities=above)
+    as_normal = gradcam(model, spec, pixels, probabilities=below)
+    np.testing.assert_allclose(as_tumour, gradcam(model, spec, pixels, target="tumour"))
+    np.testing.assert_allclose(as_normal, gradcam(model, spec, pixels, target="normal"))
+    assert not np.allclose(as_tumour, as_normal)  # the two classes have different evidence
+    with pytest.raises(HistodetectError, match="2 probabilities for 3 patches"):
+        gradcam(model, spec, pixels, probabilities=above[:2])

@@ -116,7 +116,8 @@ def _explain_batches(
     taken: set[str] = set()
     for batch in batches:
         probs = predictor.predict_pixels(batch.pixels)
-        heat = gradcam(predictor.model, predictor.spec, batch.pixels, device=predictor.device)
+        heat = gradcam(predictor.model, predictor.spec, batch.pixels, device=predictor.device,
+                       probabilities=probs)  # the class explained is the one reported  # fmt: skip
         new_rows = batch_rows(batch, probs)
         readable = iter(zip(batch.pixels, heat, strict=True))
         for row in new_rows:

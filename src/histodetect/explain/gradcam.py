@@ -117,6 +117,7 @@ def gradcam(
     *,
     target: str = "predicted",
     device: torch.device | None = None,
+    probabilities: np.ndarray | None = None,
 ) -> np.ndarray:
     """Grad-CAM heat of each patch, float32 (n, S, S) in [0, 1], S = spec.patch_size_px.
 
@@ -125,6 +126,9 @@ def gradcam(
         target: "predicted" explains the class predicted at `spec.threshold`; "tumour" the
             evidence for tumour (the logit), "normal" the evidence against (minus the logit).
         device: where to run; default the model's device.
+        probabilities: the probabilities reported beside the heat (with --tta, at bf16): the
+            "predicted" class is theirs. Without them it is one fp32 view's, which for a patch
+            near the threshold could be the other class than the one reported.
 
     Outside a centre crop (`spec.crop_px`) the model sees nothing, so the heat is 0 there.
     """
@@ -134,10 +138,15 @@ def gradcam(
     explained = explained_parts(model)
     device = device or next(model.parameters()).device
     model.eval()
+    if probabilities is not None and len(probabilities) != len(pixels):
+        raise HistodetectError(
+            f"gradcam got {len(probabilities)} probabilities for {len(pixels)} patches."
+        )
     parts = [
-        _gradcam_batch(attr, model, explained, spec, pixels[i : i + BATCH_SIZE], target, device)
+        _gradcam_batch(attr, model, explained, spec, pixels[i : i + BATCH_SIZE], target, device,
+                       None if probabilities is None else probabilities[i : i + BATCH_SIZE])
         for i in range(0, len(pixels), BATCH_SIZE)
-    ]
+    ]  # fmt: skip
     size = spec.patch_size_px
     return np.concatenate(parts) if parts else np.zeros((0, size, size), dtype=np.float32)
 
@@ -150,6 +159,7 @@ def _gradcam_batch(
     pixels: np.ndarray,
     target: str,
     device: torch.device,
+    reported: np.ndarray | None,
 ) -> np.ndarray:
     from histodetect.inference.scoring import logits_to_probabilities
 
@@ -160,7 +170,11 @@ def _gradcam_batch(
             logits = model(x).float()
         sign = torch.full_like(logits, -1.0 if target == "normal" else 1.0)
         if target == "predicted":
-            probs = logits_to_probabilities(logits.cpu().numpy(), spec)
+            probs = (
+                reported
+                if reported is not None
+                else logits_to_probabilities(logits.cpu().numpy(), spec)
+            )
             sign = torch.from_numpy(np.where(probs >= spec.threshold, 1.0, -1.0)).to(logits)
 
         cams = [
@@ -209,13 +223,16 @@ def colour_overlay(pixels: np.ndarray, heat: np.ndarray) -> np.ndarray:
     return np.rint(pixels * (1.0 - alpha) + colour * alpha).astype(np.uint8)
 
 
-def gradcam_overlays(model: nn.Module, spec: ModelSpec, pixels: np.ndarray) -> list[np.ndarray]:
+def gradcam_overlays(
+    model: nn.Module, spec: ModelSpec, pixels: np.ndarray, probabilities: np.ndarray | None = None
+) -> list[np.ndarray]:
     """Grad-CAM overlays of patches for galleries: one uint8 (S, S, 3) RGB image per patch.
 
     Args:
         model: a loaded model (e.g. `load_checkpoint(...).model`), on any device.
         spec: its ModelSpec.
         pixels: uint8 (n, S, S, 3) patches.
+        probabilities: the ones reported beside the overlays (see `gradcam`).
     """
-    heat = gradcam(model, spec, pixels)
+    heat = gradcam(model, spec, pixels, probabilities=probabilities)
     return [colour_overlay(patch, h) for patch, h in zip(pixels, heat, strict=True)]

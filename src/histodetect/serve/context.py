@@ -116,7 +116,7 @@ class ServerContext:
         from histodetect.explain.gradcam import gradcam_overlays
 
         probability = self.predictor.predict_pixels(pixels)
-        overlay = gradcam_overlays(model, self.predictor.spec, pixels)[0]
+        overlay = gradcam_overlays(model, self.predictor.spec, pixels, probability)[0]
         return ExplainResponse(
             prediction=self.predictions([patch_id], probability)[0],
             patch_png=png_data_uri(pixels[0]),
