@@ -171,6 +171,9 @@ def test_jobs_unknown_unfinished_and_too_many(make_client: Any, slides_dir: Path
         files={"file": ("a.tif", (slides_dir / "layout.tif").read_bytes(), "image/tiff")},
     )
     assert busy.status_code == 503 and busy.headers["retry-after"] == "1"
+    # answered before the body was read (a review: the whole slide was spooled and copied first)
+    assert "all 1 slide jobs are waiting or running" in busy.json()["error"]
+    assert [p.name for p in jobs.jobs_dir.iterdir()] == [waiting.id]
     too_big = make_client(limits=ServeLimits(max_slide_mb=0.01))
     big = too_big.post(
         "/v1/slides",

@@ -114,7 +114,7 @@ def create_app(
     )
     app.state.context = context
     install_error_handlers(app)
-    app.add_middleware(LimitsMiddleware, limits=limits)
+    app.add_middleware(LimitsMiddleware, limits=limits, slide_jobs_full=context.jobs.full)
     app.include_router(router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

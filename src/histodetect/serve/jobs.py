@@ -105,6 +105,12 @@ class SlideJobs:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-job")
 
+    def full(self) -> bool:
+        """True when no job can be created now (`create` would raise QueueFullError)."""
+        with self._lock:
+            active = sum(job.status in ("queued", "running") for job in self._jobs.values())
+        return active >= self.max_jobs
+
     def create(self, slide: str) -> SlideJob:
         """A new queued job with an empty folder, or QueueFullError when too many are open."""
         with self._lock:

@@ -104,10 +104,13 @@ class LimitsMiddleware:
     """ASGI middleware: 413 for bodies over the limit, 503 + Retry-After when too many uploads
     are in flight. Only requests with a body (POST, PUT, PATCH) are counted."""
 
-    def __init__(self, app: ASGIApp, limits: ServeLimits) -> None:
+    def __init__(
+        self, app: ASGIApp, limits: ServeLimits, slide_jobs_full: Callable[[], bool] | None = None
+    ) -> None:
         self.app = app
         self.limits = limits
         self.inflight = 0
+        self.slide_jobs_full = slide_jobs_full
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
@@ -119,6 +122,16 @@ class LimitsMiddleware:
             return
         if self.inflight >= self.limits.max_inflight:
             busy = f"the server is handling {self.inflight} uploads; retry in a moment."
+            await send_json(send, 503, {"error": busy}, retry_after=True)
+            return
+        if (
+            scope["path"] == SLIDE_ROUTE
+            and self.slide_jobs_full is not None
+            and self.slide_jobs_full()
+        ):
+            # before the body is read: a slide of up to --max-slide-mb was spooled to disk
+            # (and copied again) only for the route to answer that no job could take it
+            busy = f"all {self.limits.max_jobs} slide jobs are waiting or running; retry later."
             await send_json(send, 503, {"error": busy}, retry_after=True)
             return
         self.inflight += 1
