@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from histodetect.errors import HistodetectError
-from histodetect.slides.reader import SlideReader, depth_conversion, plausible_mpp
+from histodetect.slides.reader import SlideReader, plausible_mpp, tiff_depth_refusal
 
 INSTALL_HINT = "pip install -c constraints.txt -e '.[slides]'"
 
@@ -112,19 +112,10 @@ def _check_tiff_samples(path: Path) -> None:
         return
     import tifffile
 
-    from histodetect.data.sources.image_file import depth_refusal, tiff_pixels
-
     try:
         with tifffile.TiffFile(path) as tif:
-            page = tif.pages.first
-            if page.dtype is None:  # a sample layout tifffile has no type for: OpenSlide says
-                return
-            dtype, samples = np.dtype(page.dtype), int(page.samplesperpixel)
-            bits, sample_format = int(np.max(page.bitspersample)), int(page.sampleformat)
+            refusal = tiff_depth_refusal(path, tif.pages.first)
     except Exception:  # not a TIFF tifffile reads (a vendor format, damaged): OpenSlide says
         return
-    if dtype != np.uint8 or bits != 8:
-        what = tiff_pixels(bits, sample_format, samples)
-        raise HistodetectError(
-            f"{path} {depth_refusal(what)} ({depth_conversion(sample_format == 3)})."
-        )
+    if refusal is not None:
+        raise refusal

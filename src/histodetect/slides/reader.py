@@ -12,12 +12,29 @@ import abc
 import math
 from pathlib import Path
 from types import TracebackType
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from histodetect.errors import HistodetectError
 from histodetect.slides import BACKENDS
+
+
+def tiff_depth_refusal(path: Path, page: Any) -> HistodetectError | None:
+    """The refusal of a tifffile page whose samples are not 8-bit (None when they are or
+    tifffile has no type for them): one sentence for the OpenSlide and tifffile readers alike."""
+    if page.dtype is None or (
+        np.dtype(page.dtype) == np.uint8 and int(np.max(page.bitspersample)) == 8
+    ):
+        return None
+    from histodetect.data.sources.image_file import depth_refusal, tiff_pixels
+
+    sample_format = int(page.sampleformat)
+    bits, samples = int(np.max(page.bitspersample)), int(page.samplesperpixel)
+    what = tiff_pixels(bits, sample_format, samples)
+    return HistodetectError(
+        f"{path} {depth_refusal(what)} ({depth_conversion(sample_format == 3)})."
+    )
 
 
 def depth_conversion(floating: bool) -> str:

@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from histodetect.errors import HistodetectError
-from histodetect.slides.reader import BACKGROUND, SlideReader, depth_conversion, plausible_mpp
+from histodetect.slides.reader import BACKGROUND, SlideReader, plausible_mpp, tiff_depth_refusal
 
 TIFF_MAGICS = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 CACHE_BYTES = 64 << 20
@@ -163,13 +163,9 @@ def _level_pages(tif: Any) -> list[Any]:
 
 def _check_rgb(path: Path, level: int, page: Any) -> None:
     samples, planar = int(page.samplesperpixel), int(page.planarconfig)
-    if page.dtype is not None and page.dtype != np.uint8:  # the words predict and OpenSlide use
-        from histodetect.data.sources.image_file import depth_refusal, tiff_pixels
-
-        what = tiff_pixels(int(np.max(page.bitspersample)), int(page.sampleformat), samples)
-        raise HistodetectError(
-            f"{path} {depth_refusal(what)} ({depth_conversion(int(page.sampleformat) == 3)})."
-        )
+    refusal = tiff_depth_refusal(path, page)  # the words predict and OpenSlide use
+    if refusal is not None:
+        raise refusal
     if page.dtype != np.uint8 or samples not in (3, 4) or planar != 1:
         raise HistodetectError(
             f"{path} level {level} is not 8-bit interleaved RGB ({samples} samples of "
