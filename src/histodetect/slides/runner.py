@@ -115,8 +115,8 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
             )
         folders[name] = path
         folder = out / name
-        own = is_own_result(folder)
-        unfinished = folder.is_dir() and not is_finished(folder) and any(folder.iterdir())
+        own, finished = is_own_result(folder), is_finished(folder)
+        unfinished = folder.is_dir() and not finished and any(folder.iterdir())
         if unfinished and own and not options.overwrite:
             raise HistodetectError(
                 f"{folder} holds an incomplete slide result (one of the files histodetect "
@@ -128,7 +128,7 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
                 "missing or summary.json is not the one histodetect writes); move it away or "
                 "choose another --out."
             )
-        foreign = foreign_entries(folder, SLIDE_OUTPUTS) if is_finished(folder) else []
+        foreign = foreign_entries(folder, SLIDE_OUTPUTS) if finished else []
         if options.overwrite and foreign:
             raise HistodetectError(
                 f"{folder} also holds {foreign[0]}, which histodetect did not write, so "
