@@ -105,16 +105,19 @@ class SlideJobs:
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-job")
 
+    def _active(self) -> int:
+        """Jobs waiting or running (the caller holds the lock)."""
+        return sum(job.status in ("queued", "running") for job in self._jobs.values())
+
     def full(self) -> bool:
         """True when no job can be created now (`create` would raise QueueFullError)."""
         with self._lock:
-            active = sum(job.status in ("queued", "running") for job in self._jobs.values())
-        return active >= self.max_jobs
+            return self._active() >= self.max_jobs
 
     def create(self, slide: str) -> SlideJob:
         """A new queued job with an empty folder, or QueueFullError when too many are open."""
         with self._lock:
-            active = sum(job.status in ("queued", "running") for job in self._jobs.values())
+            active = self._active()
             if active >= self.max_jobs:
                 raise QueueFullError(f"{active} slide jobs are waiting or running")
             job_id = uuid.uuid4().hex
