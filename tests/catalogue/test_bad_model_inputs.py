@@ -684,13 +684,13 @@ def test_only_the_global_rank_0_process_prepares_and_locks_the_run_folder(
 ) -> None:
     """From a review: LOCAL_RANK / NODE_RANK alone took every srun task and each torchrun
     node's first process for rank 0, and with the run-folder lock they refused one another."""
-    from histodetect.training.fit import RANK_VARIABLES, _is_primary_process
+    from histodetect.training.devices import RANK_VARIABLES, is_primary_process
 
     for name in RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
-    assert _is_primary_process() is primary
+    assert is_primary_process() is primary
 
 
 def test_resume_of_the_current_folder_names_the_run_not_the_option(

@@ -112,3 +112,22 @@ def lightning_refusal(exc: BaseException, options: dict[str, Any]) -> Histodetec
         f"Lightning cannot train with {given} ({first_line(exc).rstrip('.')}); change these "
         "options."
     )
+
+
+RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
+"""Where a launcher says which process this is: Lightning's own DDP launcher (LOCAL_RANK,
+NODE_RANK), torchrun (RANK, GROUP_RANK) and srun (SLURM_PROCID, one process per task)."""
+
+
+def is_primary_process() -> bool:
+    """True only in the process of global rank 0: the one that prepares, locks and clears the
+    run folder. LOCAL_RANK and NODE_RANK alone took every srun task and each torchrun node's
+    first process for it, and those then refused one another on the run folder's lock."""
+    return all(_rank(os.environ.get(name)) == 0 for name in RANK_VARIABLES)
+
+
+def _rank(value: str | None) -> int:
+    try:
+        return int(value) if value not in (None, "") else 0
+    except ValueError:  # a launcher's variable we cannot read: not taken for rank 0's
+        return -1

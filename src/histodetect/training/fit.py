@@ -28,7 +28,12 @@ from histodetect.models import ModelSpec, resolved_model_kwargs
 from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, load_tensors, save_model
 from histodetect.training.config import TrainConfig
 from histodetect.training.data import PatchDataModule
-from histodetect.training.devices import check_runnable_here, lightning_refusal, on_cuda
+from histodetect.training.devices import (
+    check_runnable_here,
+    is_primary_process,
+    lightning_refusal,
+    on_cuda,
+)
 from histodetect.training.distill import score_teacher, teacher_targets
 from histodetect.training.finetune import (
     init_spec,
@@ -46,10 +51,10 @@ from histodetect.training.module import PatchClassifier
 from histodetect.training.progress import EpochSummary
 from histodetect.training.run_folder import (
     CHECKPOINT_DIR,
-    CONFIG_FILE,
     RUN_INFO_FILE,
     SUMMARY_FILE,
-    clear_failed_start,
+    check_run_dir,
+    prepare_run_dir,
     read_run_json,
 )
 
@@ -192,67 +197,6 @@ def _trainer(config: TrainConfig, run_dir: Path, progress: bool) -> Any:
         raise lightning_refusal(exc, where) from exc
 
 
-RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
-"""Where a launcher says which process this is: Lightning's own DDP launcher (LOCAL_RANK,
-NODE_RANK), torchrun (RANK, GROUP_RANK) and srun (SLURM_PROCID, one process per task)."""
-
-
-def _is_primary_process() -> bool:
-    """True only in the process of global rank 0: the one that prepares, locks and clears the
-    run folder. LOCAL_RANK and NODE_RANK alone took every srun task and each torchrun node's
-    first process for it, and those then refused one another on the run folder's lock."""
-    return all(_rank(os.environ.get(name)) == 0 for name in RANK_VARIABLES)
-
-
-def _rank(value: str | None) -> int:
-    try:
-        return int(value) if value not in (None, "") else 0
-    except ValueError:  # a launcher's variable we cannot read: not taken for rank 0's
-        return -1
-
-
-def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) or (run_dir / MODEL_FILE).exists()
-
-
-def _check_run_dir(config: TrainConfig) -> None:
-    """Refuse an --out that is a file or holds a run with a checkpoint (changes nothing)."""
-    run_dir = Path(config.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise HistodetectError(f"--out {run_dir} is a file; give a folder for the run.")
-    if (run_dir / CONFIG_FILE).exists() and _is_primary_process() and _has_checkpoint(run_dir):
-        raise HistodetectError(
-            f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out."
-        )
-
-
-def _prepare_run_dir(config: TrainConfig) -> None:
-    """Create the run folder; replace a run that never saved a checkpoint (a failed start)."""
-    _check_run_dir(config)
-    run_dir = Path(config.out)
-    if (run_dir / CONFIG_FILE).exists() and _is_primary_process():
-        _check_own_config(run_dir)
-        clear_failed_start(run_dir)  # a run that failed before its first checkpoint: afresh
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def _check_own_config(run_dir: Path) -> None:
-    """Refuse a config.json that is not a whole TrainConfig histodetect wrote: any folder with
-    a config.json counted as a failed run, and its logs/ and tensorboard/ were deleted whole."""
-    path = run_dir / CONFIG_FILE
-    try:
-        saved = read_run_json(path)
-        TrainConfig.from_dict(saved)  # refuses a key TrainConfig does not have
-        ours = {"data", "out", "model", "epochs"} <= set(saved)  # older runs lack newer keys
-    except (HistodetectError, TypeError, ValueError):
-        ours = False
-    if not ours:
-        raise HistodetectError(
-            f"--out {run_dir} holds a {CONFIG_FILE} that is not a histodetect training config, "
-            "so it is not a run to start afresh; choose another --out (nothing was changed)."
-        )
-
-
 def resume_config(run_dir: Path | str) -> TrainConfig:
     """The config of the run in `run_dir`, pointed at that folder (wherever the run was moved)
     and at its store (as saved, else the absolute path recorded in run_info.json)."""
@@ -341,7 +285,7 @@ def fit(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> 
     # the real path: `--resume .` is a folder name too, and a link and its target one folder
     lock = (
         output_lock(Path(config.out).resolve())
-        if _is_primary_process()
+        if is_primary_process()
         else contextlib.nullcontext()
     )
     with lock:
@@ -378,16 +322,16 @@ def _fit(config: TrainConfig, resume: bool, progress: bool) -> FitResult:
         init_weights(module, init)
     trainer = _trainer(config, run_dir, progress)
     if not resume:
-        _check_run_dir(config)
+        check_run_dir(Path(config.out))
     scored = None  # a new run scores its teacher before its folder exists: a bad one leaves none
     if config.teacher is not None and not resume and trainer.global_rank == 0:
         scored = score_teacher(config, store, datamodule.split, progress)
     if not resume:
-        _prepare_run_dir(config)
+        prepare_run_dir(Path(config.out))
     if config.teacher is not None and trainer.global_rank == 0:  # before a resume moves anything
         # The other processes receive them from this one (PatchDataModule.setup).
         datamodule.soft_targets = teacher_targets(config, store, datamodule.split, scored)
-    if resume and _is_primary_process():
+    if resume and is_primary_process():
         set_aside(run_dir)
     if trainer.global_rank == 0:
         extra = provenance(str(config.init), init) if init is not None else {}

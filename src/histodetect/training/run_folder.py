@@ -13,6 +13,7 @@ from typing import Any
 
 from histodetect.errors import HistodetectError, first_line
 from histodetect.modelfiles import MODEL_FILE
+from histodetect.training.devices import is_primary_process
 from histodetect.training.metrics_log import LOG_DIR, PART_PREFIX
 
 CONFIG_FILE = "config.json"
@@ -70,3 +71,45 @@ def clear_failed_start(run_dir: Path) -> None:
     checkpoints = run_dir / CHECKPOINT_DIR
     if checkpoints.is_dir() and not any(checkpoints.iterdir()):
         shutil.rmtree(checkpoints)
+
+
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / CHECKPOINT_DIR).glob("*.ckpt")) or (run_dir / MODEL_FILE).exists()
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Refuse an --out that is a file or holds a run with a checkpoint (changes nothing)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise HistodetectError(f"--out {run_dir} is a file; give a folder for the run.")
+    if (run_dir / CONFIG_FILE).exists() and is_primary_process() and _has_checkpoint(run_dir):
+        raise HistodetectError(
+            f"{run_dir} already holds a run; use --resume {run_dir} or choose another --out."
+        )
+
+
+def prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder; replace a run that never saved a checkpoint (a failed start)."""
+    check_run_dir(run_dir)
+    if (run_dir / CONFIG_FILE).exists() and is_primary_process():
+        _check_own_config(run_dir)
+        clear_failed_start(run_dir)  # a run that failed before its first checkpoint: afresh
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _check_own_config(run_dir: Path) -> None:
+    """Refuse a config.json that is not a whole TrainConfig histodetect wrote: any folder with
+    a config.json counted as a failed run, and its logs/ and tensorboard/ were deleted whole."""
+    from histodetect.training.config import TrainConfig  # config.py reads its file through here
+
+    path = run_dir / CONFIG_FILE
+    try:
+        saved = read_run_json(path)
+        TrainConfig.from_dict(saved)  # refuses a key TrainConfig does not have
+        ours = {"data", "out", "model", "epochs"} <= set(saved)  # older runs lack newer keys
+    except (HistodetectError, TypeError, ValueError):
+        ours = False
+    if not ours:
+        raise HistodetectError(
+            f"--out {run_dir} holds a {CONFIG_FILE} that is not a histodetect training config, "
+            "so it is not a run to start afresh; choose another --out (nothing was changed)."
+        )
