@@ -55,6 +55,19 @@ def test_write_text_atomic_and_temp_names(tmp_path: Path) -> None:
     assert is_temp_name(".x.lock") and not is_temp_name("x.tmp-1") and not is_temp_name(".bashrc")
 
 
+def test_lock_removes_the_parent_folders_it_made_when_nothing_was_written(tmp_path: Path) -> None:
+    with output_lock(tmp_path / "a" / "b" / "out"):
+        assert (tmp_path / "a" / "b").is_dir()
+    assert list(tmp_path.iterdir()) == []
+    with output_lock(tmp_path / "a" / "b" / "out"):
+        (tmp_path / "a" / "b" / "out").mkdir()
+    assert (tmp_path / "a" / "b" / "out").is_dir()  # written: kept, with its parents
+    (tmp_path / "c").mkdir()
+    with output_lock(tmp_path / "c" / "d" / "out"):
+        (tmp_path / "c" / "note.txt").write_text("the user's")
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["note.txt"]  # made d only
+
+
 @pytest.mark.parametrize("out", [".", ".."])
 def test_an_out_without_a_name_is_refused(out: str) -> None:
     with pytest.raises(HistodetectError, match=r"names no new folder"), output_lock(Path(out)):

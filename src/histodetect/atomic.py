@@ -80,7 +80,10 @@ def check_replaceable_file(
 def output_lock(out: Path) -> Iterator[None]:
     """Hold the exclusive right to write `out` (a `.<name>.lock` file beside it).
 
-    Re-entrant within a process. On first entry, temporaries of killed runs are removed.
+    Re-entrant within a process. On first entry, temporaries of killed runs are removed. The
+    lock creates the missing parent folders it needs; those still empty on release (the work
+    was refused or failed before writing) are removed again, so a refused `--out a/b/run`
+    leaves no `a/b` behind.
 
     Raises:
         HistodetectError: another process is writing `out`, or `out` names no folder (".").
@@ -97,6 +100,7 @@ def output_lock(out: Path) -> Iterator[None]:
         finally:
             _held[key] -= 1
         return
+    created = _missing_parents(out)
     fd = _acquire(out)
     _held[key] = 1
     try:
@@ -106,6 +110,21 @@ def output_lock(out: Path) -> Iterator[None]:
         del _held[key]
         _lock_path(out).unlink(missing_ok=True)
         os.close(fd)
+        for folder in created:  # deepest first; a folder something was written into stays
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+def _missing_parents(out: Path) -> list[Path]:
+    """The ancestors of `out` that do not exist yet, deepest first."""
+    missing = []
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    return missing
 
 
 def _lock_path(out: Path) -> Path:

@@ -76,7 +76,7 @@ def test_bad_train_option_is_one_sentence_and_leaves_no_run_folder(
 ) -> None:
     for name in [*CLUSTER_VARIABLES, *(v for v in os.environ if v.startswith("SLURM_"))]:
         monkeypatch.delenv(name, raising=False)
-    out = tmp_path / "new_run"
+    out = tmp_path / "a" / "b" / "new_run"  # folders the run lock created were left behind
     capsys.readouterr()
     code = main(["train", "--data", str(store), "--out", str(out), *TINY, *QUICK, *case.options])
     err = capsys.readouterr().err
@@ -85,7 +85,7 @@ def test_bad_train_option_is_one_sentence_and_leaves_no_run_folder(
     assert len(err.strip().splitlines()) == 1, err
     for fragment in case.says:
         assert fragment in err, (fragment, err)
-    assert not out.exists(), "a refused run must leave no run folder"
+    assert not (tmp_path / "a").exists(), "a refused run must leave no run folder or parents"
 
 
 # ----------------------------------------------------------------------------- D: stopped runs
