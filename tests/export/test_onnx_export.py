@@ -186,6 +186,39 @@ def test_int8_calibration_patches_are_spread_over_every_input(tmp_path: Path) ->
     assert (means == 10).sum() == 20 and (means == 200).sum() == 20
 
 
+def test_the_int8_check_uses_patches_held_out_of_the_calibration(
+    tmp_path: Path, rng: np.random.Generator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a review: the int8 graph was checked on the very patches that set its activation
+    ranges, which flatters the check; now every fourth patch is held out for it."""
+    import histodetect.export.onnx as onnx_export
+    import histodetect.export.quantize as quantize
+
+    seen: dict[str, np.ndarray] = {}
+    real_quantize, real_check = quantize.quantize_int8, onnx_export.check_parity
+
+    def recording_quantize(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+        seen["calibrated on"] = calibration
+        real_quantize(fp32, out, calibration)
+
+    def recording_check(path: Path, deployable: object, patches: np.ndarray) -> float:
+        seen["checked on"] = patches
+        return real_check(path, deployable, patches)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(quantize, "quantize_int8", recording_quantize)
+    monkeypatch.setattr(onnx_export, "check_parity", recording_check)
+    source = save_tiny_model(tmp_path / "model.pt", "seed_cnn")
+    pixels = rng.integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
+    loaded = load_checkpoint(source)
+    result = onnx_export.export_loaded(loaded, tmp_path / "int8.onnx", pixels)
+    assert result.precision == "int8"
+    fitted, checked = seen["calibrated on"], seen["checked on"]
+    assert len(fitted) == 30 and len(checked) == 10
+    flat = {p.tobytes() for p in fitted}
+    assert not any(p.tobytes() in flat for p in checked)  # no patch serves both
+    assert flat | {p.tobytes() for p in checked} == {p.tobytes() for p in pixels}
+
+
 @pytest.mark.parametrize("crop_px", [33, 64, 95])
 def test_tta_of_the_exported_model_matches_torch_for_any_crop(
     tmp_path: Path, rng: np.random.Generator, crop_px: int

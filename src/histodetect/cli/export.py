@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"Checked against PyTorch fp32: probabilities differ by at most "
         f"{result.max_probability_difference:.1e}"
-        f"{' on the calibration patches' if result.precision == 'int8' else ''}. Run it with "
+        f"{' on patches held out of the calibration' if result.precision == 'int8' else ''}. Run it with "
         f"`histodetect predict INPUT --model {result.path} --out predictions.csv`."
     )
     return 0
