@@ -115,6 +115,15 @@ def _evaluate_over_own_folder(t: Path, s: Path, r: Path) -> tuple[list[str], Pat
     return ["evaluate", str(r), "--data", str(s), "--out", str(folder)], mine
 
 
+def _evaluate_over_a_user_metrics_json(t: Path, s: Path, r: Path) -> tuple[list[str], Path]:
+    """From a review: a folder holding only a file named metrics.json passed for a report."""
+    folder = t / "experiment"
+    folder.mkdir()
+    mine = folder / "metrics.json"
+    mine.write_text('{"my_experiment": "weeks of results"}\n')
+    return ["evaluate", str(r), "--data", str(s), "--out", str(folder)], mine
+
+
 def _evaluate_over_report_with_extras(t: Path, s: Path, r: Path) -> tuple[list[str], Path]:
     folder = t / "rep"
     assert (
@@ -132,6 +141,7 @@ CASES = [
     Case("predict over a user's labels CSV", _predict_over_own_labels, ("train_labels.csv", "not a predictions CSV")),
     Case("ensemble over a user's file", _ensemble_over_own_file, ("weights.pt", "not a histodetect model file")),
     Case("evaluate over a user's folder", _evaluate_over_own_folder, ("myreport", "holds no metrics.json")),
+    Case("evaluate over a user's metrics.json", _evaluate_over_a_user_metrics_json, ("experiment", "holds no metrics.json that evaluate wrote")),
     Case("evaluate over a report with a user's file", _evaluate_over_report_with_extras, ("notes.txt", "not an evaluate report")),
 ]  # fmt: skip
 

@@ -90,6 +90,58 @@ def test_a_refused_evaluation_leaves_the_model_file_uncalibrated(
     assert model_file.read_bytes() == before
 
 
+def test_a_failed_evaluation_after_calibrating_leaves_the_model_file_as_it_was(
+    store: Path, model_file: Path, tmp_path: Path
+) -> None:
+    """From a review: the calibration was saved before the report was written, so an --out
+    under a file (or Ctrl-C during --shift) left the model recalibrated and no report."""
+    before = model_file.read_bytes()
+    (tmp_path / "afile").write_text("a file, not a folder\n")
+    opts = EvaluateOptions(split="test", calibrate_on="valid", n_boot=20)
+    with pytest.raises((HistodetectError, OSError)):
+        evaluate(model_file, store, tmp_path / "afile" / "report", opts)
+    assert model_file.read_bytes() == before
+    evaluate(model_file, store, tmp_path / "report", opts)  # and once it succeeds, it is saved
+    assert load_checkpoint(model_file).metadata["calibration"]["split"] == "valid"
+
+
+@pytest.mark.parametrize(("fitted_on", "note"), [("all", "also fitted"), ("test", "also fitted")])
+def test_a_report_on_patches_the_calibration_saw_says_so_whatever_the_split_names(
+    store: Path, model_file: Path, tmp_path: Path, fitted_on: str, note: str
+) -> None:
+    """From a review: only the split names were compared, so `calibrate --split all` and then
+    `evaluate --split test` reported test as a held-out split."""
+    assert main(["calibrate", str(model_file), "--data", str(store), "--split", fitted_on]) == 0
+    role = evaluate(model_file, store, tmp_path / "r", EvaluateOptions(split="test", n_boot=20))
+    assert note in role["split_role"] and "optimistic" in role["split_role"]
+    saved = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert "optimistic" in saved["split_role"]
+    whole = evaluate(model_file, store, tmp_path / "w", EvaluateOptions(split="all", n_boot=20))
+    assert "optimistic" in whole["split_role"]  # the report holds the calibration's patches
+    if fitted_on == "test":
+        assert "60 of its 240 patches" in whole["split_role"]
+    held_out = evaluate(
+        model_file, store, tmp_path / "v", EvaluateOptions(split="valid", n_boot=20)
+    )
+    assert ("optimistic" in held_out["split_role"]) == (fitted_on == "all")
+
+
+def test_metrics_json_is_strict_json_when_a_figure_has_no_value() -> None:
+    """From a review: precision is NaN when no patch reaches the threshold, and metrics.json
+    held a bare NaN, which JavaScript's JSON.parse (and jq) refuse."""
+    import numpy as np
+
+    from histodetect.evaluation.evaluate import metrics_json
+    from histodetect.evaluation.metrics import compute_metrics
+
+    metrics = compute_metrics(np.array([0, 1, 0, 1]), np.array([0.1, 0.4, 0.2, 0.3]), 0.9)
+    assert np.isnan(metrics["precision"])
+    text = metrics_json({**metrics, "nested": [float("inf"), {"x": np.float32("nan")}]})
+    saved = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name}"))
+    assert saved["precision"] is None and saved["nested"] == [None, {"x": None}]
+    assert saved["auc"] == pytest.approx(metrics["auc"])
+
+
 def test_split_option_takes_common_spellings(store: Path, model_file: Path, tmp_path: Path) -> None:
     # `--split val` (or Valid, validation, TEST) names the store's `valid` / `test` split.
     for given, stored in (("val", "valid"), ("TEST", "test")):

@@ -135,8 +135,10 @@ def _refuse_the_bundled_model(path: Path) -> None:
 
 
 def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: str, tta: bool,
-              device: str = "auto", batch_size: int = 256, precision: str = "auto") -> LoadedModel:  # fmt: skip
-    """Fit temperature and threshold on `split`; save them into the model file's ModelSpec."""
+              device: str = "auto", batch_size: int = 256, precision: str = "auto",
+              save: bool = True) -> LoadedModel:  # fmt: skip
+    """Fit temperature and threshold on `split`; save them into the model file's ModelSpec
+    (with `save=False` the caller saves them, with `save_calibration`, once its work is done)."""
     parse_threshold_method(method)  # a bad --threshold fails before any scoring
     check_batch_size(batch_size)
     _check_two_classes(store, split)
@@ -155,18 +157,48 @@ def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: 
     spec = loaded.spec.replace(temperature=temperature, threshold=threshold)
     calibration = {"store_fingerprint": store.fingerprint, "split": split.name, "method": method,
                    "tta": tta, "temperature": temperature, "threshold": threshold}  # fmt: skip
-    update_spec(loaded.path, spec, {"calibration": calibration})
-    return LoadedModel(
+    calibrated = LoadedModel(
         loaded.model, spec, loaded.path, {**loaded.metadata, "calibration": calibration}
     )
+    if save:
+        save_calibration(calibrated)
+    return calibrated
+
+
+def save_calibration(calibrated: LoadedModel) -> None:
+    """Write a fitted calibration (`calibrate`) into its model file."""
+    update_spec(calibrated.path, calibrated.spec,
+                {"calibration": calibrated.metadata["calibration"]})  # fmt: skip
 
 
 def _role_with_calibration(split: EvalSplit, loaded: LoadedModel, store: PatchStore) -> str:
-    cal = loaded.metadata.get("calibration") or {}
-    if cal.get("store_fingerprint") == store.fingerprint and cal.get("split") == split.name:
+    """The split's role, with a warning where the model's calibration was fitted on any of
+    the reported patches: only the split names were compared, so `calibrate --split all` and
+    then `evaluate --split test` reported the test split as held out."""
+    shared = _calibrated_on_reported(split, loaded, store)
+    if shared == len(split.indices):
         return (f"{split.role}; it also fitted the threshold and temperature, so threshold-dependent "
                 "figures are optimistic (AUC is unaffected by either)")  # fmt: skip
+    if shared:
+        return (f"{split.role}; {shared:,} of its {len(split.indices):,} patches also fitted the "
+                "threshold and temperature, so threshold-dependent figures are optimistic (AUC "
+                "is unaffected by either)")  # fmt: skip
     return split.role
+
+
+def _calibrated_on_reported(split: EvalSplit, loaded: LoadedModel, store: PatchStore) -> int:
+    """How many of the reported patches the model's calibration was fitted on (0 when it was
+    fitted on another store: those patches cannot be matched here)."""
+    cal = loaded.metadata.get("calibration") or {}
+    if cal.get("store_fingerprint") != store.fingerprint or not isinstance(cal.get("split"), str):
+        return 0
+    if cal["split"] == split.name:
+        return len(split.indices)
+    try:
+        fitted_on = resolve_split(store, cal["split"], loaded)
+    except HistodetectError:  # a split this store (or run) cannot name any more
+        return 0
+    return int(np.intersect1d(fitted_on.indices, split.indices).size)
 
 
 @dataclass(frozen=True)
@@ -210,8 +242,10 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
     if opts.calibrate_on is not None:
         fitted_on = resolve_split(store, opts.calibrate_on, loaded)
         _check_disjoint(fitted_on, split, opts)
+        # saved into the model file only once the report is in place: a failure below (an
+        # unusable --out, Ctrl-C during --shift) had already replaced its calibration
         loaded = calibrate(loaded, store, fitted_on, opts.threshold, opts.tta, opts.device,
-                           opts.batch_size, opts.precision)  # fmt: skip
+                           opts.batch_size, opts.precision, save=False)  # fmt: skip
     else:
         note = tta_mismatch_note(loaded.metadata, opts.tta, loaded.path)
         if note is not None:
@@ -229,9 +263,27 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
         metrics["shifts"] = _shift_robustness(loaded, store, split, labels, opts)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out, replace=opts.overwrite) as tmp:  # all files appear at once, or none
-        (tmp / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+        (tmp / METRICS_FILE).write_text(metrics_json(metrics))
         _write_report(tmp, metrics, labels, probs, store, split, loaded)
+    if opts.calibrate_on is not None:
+        save_calibration(loaded)
     return metrics
+
+
+def metrics_json(metrics: dict[str, Any]) -> str:
+    """Strict JSON: a figure with no value (precision when no patch reaches the threshold) is
+    null; `json.dumps` wrote a bare NaN, which JSON parsers other than Python's refuse."""
+
+    def finite(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: finite(item) for key, item in value.items()}
+        if isinstance(value, list | tuple):
+            return [finite(item) for item in value]
+        if isinstance(value, float | np.floating) and not np.isfinite(value):
+            return None
+        return value
+
+    return json.dumps(finite(metrics), indent=2, default=float, allow_nan=False) + "\n"
 
 
 def _check_disjoint(fitted_on: EvalSplit, reported: EvalSplit, opts: EvaluateOptions) -> None:
@@ -272,12 +324,23 @@ def check_report_folder(out: Path, overwrite: bool) -> None:
     if not overwrite:
         raise HistodetectError(f"--out {out} already exists; choose another or pass --overwrite.")
     foreign = foreign_entries(out, (METRICS_FILE, *REPORT_OUTPUTS))
-    if foreign or not (out / METRICS_FILE).is_file():
-        what = f"also holds {foreign[0]}" if foreign else f"holds no {METRICS_FILE}"
+    if foreign or not _is_evaluate_metrics(out / METRICS_FILE):
+        what = (f"also holds {foreign[0]}" if foreign
+                else f"holds no {METRICS_FILE} that evaluate wrote")  # fmt: skip
         raise HistodetectError(
             f"--out {out} {what}, so it is not an evaluate report that --overwrite may replace; "
             "choose another --out (nothing was changed)."
         )
+
+
+def _is_evaluate_metrics(path: Path) -> bool:
+    """True for a metrics.json evaluate wrote: any folder holding a file of that name (another
+    tool's results) passed for an evaluate report, and --overwrite deleted it."""
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(saved, dict) and {"auc", "split_role", "store_fingerprint"} <= set(saved)
 
 
 def _check_two_classes(store: PatchStore, split: EvalSplit) -> None:
