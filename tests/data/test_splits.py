@@ -98,3 +98,54 @@ def test_tiny_store_splits_with_every_class_or_says_why(
     assert sorted(store.manifest.labels[split.valid].tolist()) == [0, 1]
     with pytest.raises(HistodetectError, match=r"too few labelled patches.*2 patches of class 1"):
         choose_split(store, valid_fraction=0.9)
+
+
+def _store_with_copies(tmp_path: Path, rng: np.random.Generator, slides: list[str]):
+    """40 patches, the last 10 exact copies of the first 10 (as PCam's train folder has)."""
+    pixels = rng.integers(0, 256, (40, 96, 96, 3), dtype=np.uint8)
+    pixels[30:] = pixels[:10]
+    labels = [i % 2 for i in range(30)] + [i % 2 for i in range(10)]
+    with StoreWriter(tmp_path / "s") as w:
+        w.add(pixels, labels, ["train"] * 40, slides, ["o"] * 40, [""] * 40)
+        return w.finish({})
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("slides", ["none", "copies on other slides"])
+def test_a_split_drawn_here_never_puts_copies_on_both_sides(
+    tmp_path: Path, rng: np.random.Generator, seed: int, slides: str
+) -> None:
+    """From a review: the random (and slide-grouped) split drew rows, not patches, so copies
+    within one folder landed on both sides and the leak check refused a store whose data were
+    fine (for every seed); the copies are now left out of validation."""
+    names = (
+        [""] * 40
+        if slides == "none"
+        else [f"s{i % 5}" for i in range(30)] + [f"s{(i + 1) % 5}" for i in range(10)]
+    )
+    store = _store_with_copies(tmp_path, rng, names)
+    with pytest.warns(UserWarning) as caught:
+        split = choose_split(store, valid_fraction=0.25, seed=seed)
+    ids = store.manifest.ids
+    assert not np.intersect1d(ids[split.train], ids[split.valid]).size
+    assert len(split.train) + len(split.valid) <= 40 and len(split.valid) >= 4
+    left_out = 40 - len(split.train) - len(split.valid)
+    copy_notes = [w for w in caught if "of training patches (the same pixels)" in str(w.message)]
+    assert (left_out > 0) == bool(copy_notes)
+    if slides != "none":
+        assert split.method == "slide-grouped"
+        m = store.manifest
+        assert set(m.slides[split.train]).isdisjoint(m.slides[split.valid])
+
+
+def test_an_official_split_whose_sides_share_slides_is_not_called_slide_disjoint(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """From a review: any store with a valid split was called slide-disjoint, so validation on
+    train's own slides ran with no optimistic warning."""
+    shared = _store(
+        tmp_path / "a", rng, ["train"] * 8 + ["valid"] * 4, [f"s{i % 2}" for i in range(12)]
+    )
+    assert not choose_split(shared).slide_disjoint
+    apart = _store(tmp_path / "b", rng, ["train"] * 8 + ["valid"] * 4, ["s0"] * 8 + ["s1"] * 4)
+    assert choose_split(apart).slide_disjoint

@@ -85,7 +85,8 @@ def choose_split(store: PatchStore, valid_fraction: float = 0.1, seed: int = 0) 
         train = np.flatnonzero(labelled & (splits == "train"))
         if len(train) == 0:
             train = np.flatnonzero(labelled & (splits != "valid") & (splits != "test"))
-        split = Split(train, np.flatnonzero(labelled & (splits == "valid")), "official", True)
+        valid = np.flatnonzero(labelled & (splits == "valid"))
+        split = Split(train, valid, "official", _slides_apart(m.slides, train, valid))
     else:
         pool = np.flatnonzero(labelled & (splits != "test"))
         if len(pool) < 4:
@@ -95,13 +96,48 @@ def choose_split(store: PatchStore, valid_fraction: float = 0.1, seed: int = 0) 
         _check_splittable(m.labels[pool], valid_fraction, store)
         if (m.slides[pool] != "").all() and len(np.unique(m.slides[pool])) >= 2:
             t, v = slide_grouped_split(m.labels[pool], m.slides[pool], valid_fraction, seed)
-            split = Split(pool[t], pool[v], "slide-grouped", True)
+            split = Split(pool[t], _without_copies(m.ids, pool[t], pool[v]), "slide-grouped", True)
         else:
             warnings.warn(RANDOM_SPLIT_WARNING, OptimisticSplitWarning, stacklevel=2)
             t, v = stratified_split(m.labels[pool], valid_fraction, seed)
-            split = Split(pool[t], pool[v], "stratified-random", False)
+            split = Split(
+                pool[t], _without_copies(m.ids, pool[t], pool[v]), "stratified-random", False
+            )
     check_no_leak(store, split.train, split.valid)
     return split
+
+
+def _slides_apart(slides: np.ndarray, train: np.ndarray, valid: np.ndarray) -> bool:
+    """Whether a store's own split keeps every slide on one side: computed where both sides
+    name their slides (it was claimed for any store with a valid split, so a CSV whose train
+    and valid rows share slides trained with no optimistic-validation warning); a split whose
+    slides are not named is taken as the user gave it."""
+    train_slides, valid_slides = slides[train], slides[valid]
+    if (train_slides == "").any() or (valid_slides == "").any():
+        return True
+    return not np.intersect1d(train_slides, valid_slides).size
+
+
+def _without_copies(ids: np.ndarray, train: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """`valid` less the patches whose pixels also lie in `train`: a split this module drew put
+    copies of one patch (a folder of patches with duplicates, as PCam's train has) on both
+    sides, and `check_no_leak` then refused the store for a leak the split itself made. Left
+    out of validation (not moved to training) so that a slide-grouped split stays disjoint."""
+    copies = np.isin(ids[valid], ids[train])
+    if copies.any():
+        warnings.warn(
+            f"{plural(int(copies.sum()), 'validation patch', 'validation patches')} "
+            f"{'is a copy' if copies.sum() == 1 else 'are copies'} of training patches (the same "
+            "pixels) and left out of validation; `histodetect ingest --drop-duplicates` removes "
+            "copies for good.",
+            stacklevel=3,
+        )
+    if copies.all():
+        raise HistodetectError(
+            "every validation patch the split drew is a copy of a training patch (the same "
+            "pixels); ingest with --drop-duplicates, or give the store a valid split."
+        )
+    return valid[~copies]
 
 
 def _check_splittable(labels: np.ndarray, valid_fraction: float, store: PatchStore) -> None:
