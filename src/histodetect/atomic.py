@@ -40,8 +40,9 @@ def is_temp_name(name: str) -> bool:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` (UTF-8) to `path` through a temporary sibling, so readers never see half."""
-    write_bytes_atomic(path, text.encode("utf-8"))
+    """Write `text` (UTF-8) to `path` through a temporary sibling, so readers never see half.
+    A lone surrogate (a file name that is not UTF-8, as the OS gives it) is written escaped."""
+    write_bytes_atomic(path, text.encode("utf-8", errors="backslashreplace"))
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

@@ -182,6 +182,36 @@ def tiff_with_float_pixels(tmp: Path) -> list[str]:
     return ["ingest", "k", "--out", "st", "--strict"]
 
 
+def planar_tiff_of_another_size(tmp: Path) -> list[str]:
+    """From a review: a TIFF only tifffile reads (planar RGB) skipped the size check, and a
+    200 px one ended ingest with "internal error" (copied into a 96 px slot)."""
+    import tifffile
+
+    make_kaggle(tmp / "k", _rng(), n_train=2, n_test=0)
+    big = _rng().integers(0, 256, (200, 200, 3), np.uint8)
+    (tmp / "k" / "test").mkdir(exist_ok=True)
+    tifffile.imwrite(
+        tmp / "k" / "test" / "big.tif",
+        big,
+        planarconfig="separate",  # Pillow cannot open it
+    )
+    return ["ingest", "k", "--out", "st", "--strict"]
+
+
+def _pcam_group(name: str) -> Callable[[Path], list[str]]:
+    """From a review: an `x` or `y` that is an HDF5 group, not a dataset: "internal error"."""
+
+    def build(tmp: Path) -> list[str]:
+        make_pcam(tmp / "p", _rng(), {"valid": 4})
+        path = tmp / "p" / f"camelyonpatch_level_2_split_valid_{name}.h5"
+        path.unlink()
+        with h5py.File(path, "w") as f:
+            f.create_group(name)
+        return ["ingest", "p", "--out", "st"]
+
+    return build
+
+
 def header_only_csv(tmp: Path) -> list[str]:
     (tmp / "list.csv").write_text("path,label\n")
     return ["ingest", "list.csv", "--out", "st"]
@@ -321,6 +351,9 @@ CASES = [
     Case("kaggle_tif_and_tiff", kaggle_tif_beside_tiff, ("ambiguous_id", ".tiff"), REPORT),
     Case("tiff_16_bit_rgb", tiff_with_16_bit_rgb, ("deep.tif", "16-bit integer pixels in 3 channels"), REPORT),
     Case("tiff_float", tiff_with_float_pixels, ("float.tif", "floating-point"), REPORT),
+    Case("tiff_planar_200px", planar_tiff_of_another_size, ("wrong_size", "big.tif", "200x200"), REPORT),
+    Case("pcam_x_a_group", _pcam_group("x"), ("_valid_x.h5", "'x' is a group")),
+    Case("pcam_y_a_group", _pcam_group("y"), ("_valid_y.h5", "'y' is a group")),
     Case("header_only_csv", header_only_csv, ("list.csv", "gave no patch")),
     Case("csv_label_column_twice", csv_header_names_label_twice, ("list.csv", "column label more than once")),
     Case("kaggle_label_column_twice", kaggle_header_names_label_twice, ("train_labels.csv", "column label more than once")),
@@ -386,6 +419,26 @@ def test_bad_data_input(tmp_path: Path, capsys: pytest.CaptureFixture[str], case
     added = sorted(set(after) - set(before) - set(case.may_add))
     assert not lost, f"changed or lost: {lost}"
     assert not added, f"left behind: {added}"
+
+
+def test_a_file_name_that_is_not_utf8_is_ingested_not_a_crash(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a review: a PNG named with a Latin-1 byte (caf\\xe9.png) was decoded with the rest,
+    then ingest ended with "internal error" (UnicodeEncodeError) writing the manifest, and
+    every decoded patch was lost. Its name is now kept, escaped, and the store opens."""
+    from histodetect.data.store import open_store
+
+    folder = tmp_path / "f"
+    save_image(folder / "1" / "ok.png", random_patch(_rng()))
+    save_image(folder / "1" / os.fsdecode(b"caf\xe9.png"), random_patch(np.random.default_rng(1)))
+    save_image(folder / "0" / "n.png", random_patch(np.random.default_rng(2)))
+    code, err = _run(["ingest", "f", "--out", "st"], tmp_path, capsys)
+    assert code == 0, err
+    store = open_store(tmp_path / "st")
+    assert len(store) == 3 and sorted(store.manifest.labels.tolist()) == [0, 1, 1]
+    assert any("caf\\udce9.png" in origin for origin in store.manifest.origins)
+    assert main(["inspect", str(tmp_path / "st")]) == 0  # the store is not called damaged
 
 
 def test_csv_row_with_wrong_field_count_is_reported_not_guessed(

@@ -196,5 +196,6 @@ class IngestReport:
 
     def write(self, folder: Path) -> None:
         """Write ingest_report.json and ingest_report.md (every problem listed) into `folder`."""
-        (folder / "ingest_report.json").write_text(self.to_json())
-        (folder / "ingest_report.md").write_text(self.to_markdown())
+        for name, text in (("ingest_report.json", self.to_json()),
+                           ("ingest_report.md", self.to_markdown())):  # fmt: skip
+            (folder / name).write_text(text, encoding="utf-8", errors="backslashreplace")

@@ -77,7 +77,9 @@ class Manifest:
 
     def write_csv(self, path: Path) -> None:
         """Write the manifest as CSV with a header row."""
-        with path.open("w", newline="") as f:
+        # UTF-8 whatever the locale (read_csv reads it so); a file name that is not UTF-8 (a
+        # Latin-1 byte, as iterdir gives it) is written escaped: it crashed the whole ingest
+        with path.open("w", newline="", encoding="utf-8", errors="backslashreplace") as f:
             writer = csv.writer(f)
             writer.writerow(MANIFEST_COLUMNS)
             writer.writerows(

@@ -85,14 +85,25 @@ def _decode(
     except Exception as exc:
         fallback = _decode_with_tifffile(source, origin) if is_tiff else None
         said = _short(exc).replace(repr(source), repr(origin))  # a buffer is named as its origin
-        return fallback or Decoded(
-            None, Problem(origin, UNREADABLE, f"cannot be read as an image ({said})")
-        )
-    if expected_px is not None and pixels.shape[:2] != (expected_px, expected_px):
-        h, w = pixels.shape[:2]
-        reason = f"is {w}x{h} px, expected {expected_px}x{expected_px}"
-        return Decoded(None, Problem(origin, WRONG_SIZE, reason))
-    return Decoded(pixels, Problem(origin, CONVERTED, "; ".join(notes)) if notes else None)
+        if fallback is None:
+            return Decoded(
+                None, Problem(origin, UNREADABLE, f"cannot be read as an image ({said})")
+            )
+        # the fallback's pixels pass the same size check: a 200 px planar TIFF was returned
+        # unchecked and ingest failed with "internal error" copying it into a 96 px slot
+        return _sized(fallback, origin, expected_px)
+    note = Problem(origin, CONVERTED, "; ".join(notes)) if notes else None
+    return _sized(Decoded(pixels, note), origin, expected_px)
+
+
+def _sized(decoded: Decoded, origin: str, expected_px: int | None) -> Decoded:
+    """`decoded`, or a wrong-size problem when its pixels are not expected_px square."""
+    pixels = decoded.pixels
+    if pixels is None or expected_px is None or pixels.shape[:2] == (expected_px, expected_px):
+        return decoded
+    h, w = pixels.shape[:2]
+    reason = f"is {w}x{h} px, expected {expected_px}x{expected_px}"
+    return Decoded(None, Problem(origin, WRONG_SIZE, reason))
 
 
 class _RefusedError(Exception):

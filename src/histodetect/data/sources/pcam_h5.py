@@ -128,6 +128,11 @@ def _dataset(f: Any, name: str, path: Path) -> Any:
     if name not in f:
         raise HistodetectError(f"{path.name} has no dataset {name!r} (PCam files hold 'x' or 'y').")
     data = f[name]
+    if not hasattr(data, "dtype"):  # an h5py Group: "internal error" on .ndim before
+        raise HistodetectError(
+            f"{path.name}: {name!r} is a group, not a dataset of {'patches' if name == 'x' else 'labels'}; "
+            "give the PCam files as downloaded."
+        )
     if name == "x" and (data.ndim != 4 or data.shape[1:] != (PATCH_SIZE_PX, PATCH_SIZE_PX, 3)):
         raise HistodetectError(f"{path.name} holds {data.shape} arrays, expected (N, 96, 96, 3).")
     if name == "x" and data.dtype != np.uint8:
