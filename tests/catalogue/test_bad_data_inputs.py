@@ -198,6 +198,17 @@ def planar_tiff_of_another_size(tmp: Path) -> list[str]:
     return ["ingest", "k", "--out", "st", "--strict"]
 
 
+def kaggle_names_swapped(tmp: Path) -> list[str]:
+    """From a review: two train tifs with their names swapped (each named with the other's
+    SHA-1) each took the other's label, and even --strict said "No problems found"."""
+    ids = make_kaggle(tmp / "k", _rng(), n_train=4, n_test=0)
+    first, second = (tmp / "k" / "train" / f"{pid}.tif" for pid in ids[:2])
+    first.rename(tmp / "k" / "swap.tif")
+    second.rename(first)
+    (tmp / "k" / "swap.tif").rename(second)
+    return ["ingest", "k", "--out", "st", "--strict"]
+
+
 def _pcam_group(name: str) -> Callable[[Path], list[str]]:
     """From a review: an `x` or `y` that is an HDF5 group, not a dataset: "internal error"."""
 
@@ -352,6 +363,7 @@ CASES = [
     Case("tiff_16_bit_rgb", tiff_with_16_bit_rgb, ("deep.tif", "16-bit integer pixels in 3 channels"), REPORT),
     Case("tiff_float", tiff_with_float_pixels, ("float.tif", "floating-point"), REPORT),
     Case("tiff_planar_200px", planar_tiff_of_another_size, ("wrong_size", "big.tif", "200x200"), REPORT),
+    Case("kaggle_names_swapped", kaggle_names_swapped, ("--strict: 2 problems (name_mismatch: 2)", "st.ingest_report.md"), REPORT),
     Case("pcam_x_a_group", _pcam_group("x"), ("_valid_x.h5", "'x' is a group")),
     Case("pcam_y_a_group", _pcam_group("y"), ("_valid_y.h5", "'y' is a group")),
     Case("header_only_csv", header_only_csv, ("list.csv", "gave no patch")),

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from histodetect.data.patch import PATCH_SIZE_PX, patch_ids
-from histodetect.data.quality import Problem, flag_outliers
+from histodetect.data.quality import NAME_MISMATCH, Problem, flag_outliers
 from histodetect.data.sources.image_file import decode_image
 from histodetect.parallel import ordered_map
 
@@ -26,6 +26,7 @@ class FileEntry:
     label: int  # 1, 0, or -1 when unlabelled
     split: str = ""
     slide: str = ""
+    named_by_id: bool = False  # Kaggle: the file's stem is the SHA-1 of its pixels
 
 
 @dataclass
@@ -100,6 +101,9 @@ def decode_entries(entries: Sequence[FileEntry]) -> Block:
             pixels[len(keep)] = decoded.pixels
             keep.append(entry)
     pixels = pixels[: len(keep)]
+    ids = patch_ids(pixels)  # hashing and flagging here runs them in the worker processes
+    problems += [_name_mismatch(e) for e, pid in zip(keep, ids, strict=True)
+                 if e.named_by_id and e.path.stem != pid]  # fmt: skip
     return Block(
         pixels=pixels,
         labels=np.array([e.label for e in keep], dtype=np.int8),
@@ -108,6 +112,16 @@ def decode_entries(entries: Sequence[FileEntry]) -> Block:
         origins=[str(e.path) for e in keep],
         problems=problems,
         n_inputs=len(entries),
-        ids=patch_ids(pixels),  # hashing and flagging here runs them in the worker processes
+        ids=ids,
         flags=flag_outliers(pixels),
     )
+
+
+def _name_mismatch(entry: FileEntry) -> Problem:
+    """A Kaggle file whose name is not its pixels' SHA-1: renamed (two names swapped give two
+    patches each other's label) or re-encoded. Kept with the label its name has, but listed,
+    so that --strict refuses it; nothing checked this before (NAME_MISMATCH was never used)."""
+    where = "train_labels.csv's label for it" if entry.label >= 0 else "its name"
+    return Problem(str(entry.path), NAME_MISMATCH,
+                   "its name is not the SHA-1 of its pixels, as Kaggle names each patch: it was "
+                   f"renamed or re-encoded, so {where} may belong to another patch")  # fmt: skip

@@ -54,7 +54,9 @@ class KaggleSource(FileListSource):
                 origin = f"{labels_csv.name}:{pid}"
                 self.problems.append(Problem(origin, MISSING_IMAGE, f"no image train/{pid}.tif"))
                 continue
-            self.entries.append(FileEntry(files[pid], label, "train", slides.get(pid, "")))
+            self.entries.append(
+                FileEntry(files[pid], label, "train", slides.get(pid, ""), named_by_id=True)
+            )
         for pid, path in files.items():
             if pid not in labels:
                 self.problems.append(Problem(str(path), MISSING_LABEL, "not in train_labels.csv"))
@@ -82,7 +84,7 @@ class KaggleSource(FileListSource):
     def _list_test(self) -> None:
         files, _ = self._tifs_by_id(self.root / "test")
         for path in files.values():
-            self.entries.append(FileEntry(path, -1, "test"))
+            self.entries.append(FileEntry(path, -1, "test", named_by_id=True))
 
     def _tifs_by_id(self, folder: Path) -> tuple[dict[str, Path], set[str]]:
         """File stem -> path of every .tif/.tiff in `folder`, and the ids naming several files.
