@@ -209,6 +209,14 @@ def kaggle_names_swapped(tmp: Path) -> list[str]:
     return ["ingest", "k", "--out", "st", "--strict"]
 
 
+def inspect_into_another_store(tmp: Path) -> list[str]:
+    """From a review: inspect --out could write into another store, which `ingest --overwrite`
+    then refused to replace ("holds report, which histodetect did not write")."""
+    _store(tmp, _rng(), "st")
+    _store(tmp, np.random.default_rng(5), "other")
+    return ["inspect", "st", "--out", "other/report"]
+
+
 def _pcam_group(name: str) -> Callable[[Path], list[str]]:
     """From a review: an `x` or `y` that is an HDF5 group, not a dataset: "internal error"."""
 
@@ -364,6 +372,7 @@ CASES = [
     Case("tiff_float", tiff_with_float_pixels, ("float.tif", "floating-point"), REPORT),
     Case("tiff_planar_200px", planar_tiff_of_another_size, ("wrong_size", "big.tif", "200x200"), REPORT),
     Case("kaggle_names_swapped", kaggle_names_swapped, ("--strict: 2 problems (name_mismatch: 2)", "st.ingest_report.md"), REPORT),
+    Case("inspect_into_another_store", inspect_into_another_store, ("--out other/report", "lies inside the patch store", "other,", "elsewhere")),
     Case("pcam_x_a_group", _pcam_group("x"), ("_valid_x.h5", "'x' is a group")),
     Case("pcam_y_a_group", _pcam_group("y"), ("_valid_y.h5", "'y' is a group")),
     Case("header_only_csv", header_only_csv, ("list.csv", "gave no patch")),

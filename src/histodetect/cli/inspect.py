@@ -18,10 +18,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histodetect.data.inspection import write_inspection
-    from histodetect.data.store import open_store
+    from histodetect.data.store import INSPECT_DIR, open_store
 
     store = open_store(args.store)
-    out = args.out or Path(args.store) / "inspect"
+    out = args.out or Path(args.store) / INSPECT_DIR
     md_path = write_inspection(store, out, seed=args.seed)
     print(md_path.read_text())
     print(f"Report written to {md_path} (plots: samples.png, class_balance.png).")

@@ -10,7 +10,14 @@ import numpy as np
 from histodetect.atomic import atomic_dir
 from histodetect.data.patch import CENTRE_SIZE_PX, CENTRE_START_PX, patch_ids
 from histodetect.data.quality import LABEL_CONFLICT, cross_split_groups
-from histodetect.data.store import INSPECT_FILES, PIXELS_FILE, PatchStore, foreign_entries
+from histodetect.data.store import (
+    INSPECT_DIR,
+    INSPECT_FILES,
+    PIXELS_FILE,
+    PatchStore,
+    check_not_in_store,
+    foreign_entries,
+)
 from histodetect.errors import HistodetectError
 from histodetect.wording import plural
 
@@ -215,6 +222,8 @@ def write_inspection(store: PatchStore, out_dir: Path, seed: int = 0) -> Path:
     """
     if out_dir.exists() and not out_dir.is_dir():
         raise HistodetectError(f"report folder {out_dir} is a file; choose another --out.")
+    if out_dir.resolve() != (Path(store.root) / INSPECT_DIR).resolve():  # its own is allowed
+        check_not_in_store(out_dir, "report")  # another store's folder made it unreplaceable
     foreign = foreign_entries(out_dir, INSPECT_FILES) if out_dir.is_dir() else []
     if foreign:
         raise HistodetectError(
