@@ -505,9 +505,10 @@ def test_full_range_int8_graph_is_refused_on_a_cpu_without_vnni(
     argv = ["export", str(run), "--out", str(new), "--int8-calibration", str(store)]
     assert main(argv) == 0
     graph = onnx.load(str(new))
-    kept = [p for p in graph.metadata_props if p.key != "int8_weights"]
-    assert len(kept) == len(graph.metadata_props) - 1, (
-        "a new int8 export says its weights are 7-bit"
+    # an export from before 7-bit weights: no int8_weights key, and no content seal either
+    kept = [p for p in graph.metadata_props if p.key not in ("int8_weights", "content_sha256")]
+    assert len(kept) == len(graph.metadata_props) - 2, (
+        "a new int8 export says its weights are 7-bit, and is sealed"
     )
     del graph.metadata_props[:]
     graph.metadata_props.extend(kept)
@@ -522,6 +523,34 @@ def test_full_range_int8_graph_is_refused_on_a_cpu_without_vnni(
     assert len(err.splitlines()) == 1 and "Traceback" not in err, err
     monkeypatch.setenv("HISTODETECT_CPU_VNNI", "1")
     Predictor(old, device="cpu")  # VNNI computes full-range weights exactly
+
+
+@pytest.mark.parametrize("where", ["weights", "metadata"])
+def test_an_onnx_file_changed_after_export_is_refused_not_scored(
+    run: Path, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    """From a review: 64 KB of one weight tensor overwritten in an exported model.onnx, and
+    predict scored with it (exit 0; probabilities 0.14 -> 0.71); a model.pt has its weights'
+    SHA-256, an .onnx file had nothing. Export now seals the file with its own SHA-256."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from histodetect.inference.predictor import Predictor
+
+    good = tmp_path / "good.onnx"
+    assert main(["export", str(run), "--out", str(good)]) == 0
+    Predictor(good, device="cpu")  # sealed and intact: loads
+    data = bytearray(good.read_bytes())
+    at = len(data) // 2 if where == "weights" else data.index(b'"threshold"')  # in the spec JSON
+    data[at : at + 4] = b"\x00\x00\x80\x3f" if where == "weights" else b'"thr'[::-1]
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(bytes(data))
+    capsys.readouterr()
+    argv = ["predict", str(store), "--model", str(damaged), "--out", str(tmp_path / "p.csv")]
+    code = main([*argv, "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not (tmp_path / "p.csv").exists(), err
+    assert "damaged.onnx is damaged" in err and "export it again" in err, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize(

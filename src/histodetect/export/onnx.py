@@ -28,6 +28,7 @@ from histodetect import __version__
 from histodetect.atomic import check_replaceable_file, output_lock, scratch_dir, temp_sibling
 from histodetect.errors import HistodetectError
 from histodetect.inference.backends.onnx import (
+    CONTENT_KEY,
     FORMAT,
     FORMAT_KEY,
     FORMAT_VERSION,
@@ -40,6 +41,8 @@ from histodetect.inference.backends.onnx import (
     ONNX_SUFFIX,
     PROBABILITY_OUTPUT,
     SPEC_KEY,
+    UNSEALED,
+    seal,
 )
 from histodetect.models import spec as spec_module
 from histodetect.models.checkpoint import LoadedModel, load_checkpoint
@@ -144,6 +147,7 @@ def export_loaded(
         try:
             fit, held_out = _split_calibration(calibration)
             _write(program, scratch / "fp32.onnx", tmp, fit)
+            seal(tmp)
             difference = check_parity(tmp, deployable, held_out)
             tmp.replace(out)
         finally:
@@ -261,6 +265,7 @@ def metadata_props(
         "class_names": json.dumps(list(spec.class_names)),
         "source_sha256": _sha256(source),
         "precision": precision,
+        CONTENT_KEY: UNSEALED,  # the file's own SHA-256 once written (`seal`)
     }
     if mpp:
         props["mpp"] = repr(float(mpp))

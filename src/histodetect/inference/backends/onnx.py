@@ -7,7 +7,9 @@ gives raw logits (n,); the ModelSpec rides in the model's metadata (`read_metada
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -117,6 +119,48 @@ def check_int8_portable(path: Path, metadata: dict[str, str]) -> None:
     )
 
 
+CONTENT_KEY = "content_sha256"
+"""Metadata key of the SHA-256 of the whole file, taken with this value set to `UNSEALED`."""
+UNSEALED = "0" * 64
+_CONTENT_ENTRY = re.compile(
+    rb"\x0a" + bytes([len(CONTENT_KEY)]) + CONTENT_KEY.encode() + rb"\x12\x40([0-9a-f]{64})"
+)  # the serialised metadata_props entry (key = field 1, value = field 2, 64 bytes)
+
+
+def seal(path: Path) -> None:
+    """Write the file's own SHA-256 into its `CONTENT_KEY` entry (exported as `UNSEALED`).
+
+    The value has a fixed length, so writing it changes no other byte; `check_sealed` hashes
+    the file with the value set back to `UNSEALED`. Needs no `onnx` package.
+    """
+    data = path.read_bytes()
+    entries = list(_CONTENT_ENTRY.finditer(data))
+    if len(entries) != 1 or entries[0].group(1) != UNSEALED.encode():
+        raise RuntimeError(f"{path} holds {len(entries)} unsealed {CONTENT_KEY} entries, not 1.")
+    start, end = entries[0].span(1)
+    digest = hashlib.sha256(data).hexdigest().encode()
+    path.write_bytes(data[:start] + digest + data[end:])
+
+
+def check_sealed(path: Path) -> None:
+    """Refuse an exported file whose bytes changed since export (a disk fault, a cut copy, a
+    hand edit): ONNX Runtime loads changed weights without a word, and predict scored them.
+    Files exported before the seal (no `CONTENT_KEY`) are taken as they are."""
+    data = path.read_bytes()
+    entries = list(_CONTENT_ENTRY.finditer(data))
+    if not entries:
+        return
+    start, end = entries[-1].span(1)
+    expected = entries[-1].group(1).decode()
+    actual = hashlib.sha256(data[:start] + UNSEALED.encode() + data[end:]).hexdigest()
+    if len(entries) > 1 or actual != expected:
+        raise HistodetectError(
+            f"{path} is damaged: its bytes no longer match the checksum written when it was "
+            "exported; export it again with `histodetect export MODEL --format onnx --out "
+            "FILE.onnx`."
+        )
+
+
 class OnnxBackend:
     """An exported model.onnx in an ONNX Runtime session.
 
@@ -135,6 +179,7 @@ class OnnxBackend:
         ort = require_onnxruntime()
         if not path.is_file():
             raise HistodetectError(f"model {path} does not exist.")
+        check_sealed(path)
         providers = providers_for(device, list(ort.get_available_providers()))
         options = ort.SessionOptions()
         if threads is not None:
