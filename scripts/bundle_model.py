@@ -26,7 +26,7 @@ def main(run_dir: Path, metrics_path: Path, tta_metrics_path: Path | None) -> No
         raise SystemExit(f"{run_dir} is not calibrated: run `histodetect calibrate` first.")
     loaded.model.half()  # float16 storage; BatchNorm's integer counters are untouched
     metrics = json.loads(metrics_path.read_text())
-    figures = {key: metrics[key] for key in ("auc", "auc_ci95", "accuracy", "balanced_accuracy",
+    figures = {key: metrics[key] for key in ("auc", "auc_ci95", "accuracy", "balanced_accuracy", "split_role",
                                              "sensitivity", "specificity", "threshold", "n")}  # fmt: skip
     metadata = {**loaded.metadata, "valid_auc": metrics["auc"], "valid_metrics": figures,
                 "recipe": "scripts/train_bundled_model.sh"}  # fmt: skip

@@ -161,3 +161,26 @@ def test_a_calibration_fitted_with_other_tta_is_noted(tmp_path: Path) -> None:
     assert note is not None and "calibrated without --tta and runs with it" in note
     assert "calibrate a copy --tta" in note
     assert tta_mismatch_note({}, True, tmp_path / "m.pt") is None  # nothing said: no note
+
+
+def test_the_slide_interval_is_wider_when_a_slide_s_patches_are_alike() -> None:
+    """From a review: the interval resampled patches even where slides are known, so with
+    patches of one slide alike it was too narrow for new slides. Each slide here has its own
+    offset of the scores (a slide effect), so resampling slides must widen the interval."""
+    from histodetect.evaluation.metrics import bootstrap_auc_ci, slide_bootstrap_auc_ci
+
+    rng = np.random.default_rng(0)
+    n_slides, per_slide = 12, 100
+    slides = np.repeat([f"s{k}" for k in range(n_slides)], per_slide)
+    labels = rng.integers(0, 2, n_slides * per_slide)
+    offset = np.repeat(rng.normal(0, 1.5, n_slides), per_slide)
+    probs = 1 / (1 + np.exp(-(2 * labels - 1 + offset + rng.normal(0, 1, len(labels)))))
+    lo_p, hi_p = bootstrap_auc_ci(labels, probs, n_boot=300)
+    lo_s, hi_s = slide_bootstrap_auc_ci(labels, probs, slides, n_boot=300)
+    assert hi_s - lo_s > 1.5 * (hi_p - lo_p)
+    m = compute_metrics(labels, probs, 0.5, slides=slides, n_boot=100)
+    lo, hi = m["auc_ci95_slides"]
+    assert lo < m["auc"] < hi
+    few = np.where(np.isin(slides, ["s0", "s1"]), slides, "s2")  # 3 slides: no slide interval
+    assert compute_metrics(labels, probs, 0.5, slides=few, n_boot=20)["auc_ci95_slides"] is None
+    assert "auc_ci95_slides" not in compute_metrics(labels, probs, 0.5, n_boot=20)

@@ -77,6 +77,12 @@ def run(args: argparse.Namespace) -> int:
     print(f"{m['split']} ({m['split_role']}): {m['n']} patches, {m['n_positive']} tumour")
     print(f"AUC {m['auc']:.4f} (95% CI {lo:.4f}-{hi:.4f})  accuracy {m['accuracy']:.4f}  "
           f"balanced accuracy {m['balanced_accuracy']:.4f}")  # fmt: skip
+    if m.get("auc_ci95_slides"):
+        slo, shi = m["auc_ci95_slides"]
+        print(
+            f"AUC 95% CI with whole slides resampled: {slo:.4f}-{shi:.4f} (patches of one "
+            "slide are alike: this is the interval for new slides)"
+        )
     print(f"threshold {m['threshold']:.4f}: sensitivity {m['sensitivity']:.4f}  specificity {m['specificity']:.4f}  "
           f"NLL {m['nll']:.4f}  ECE {m['ece']:.4f}  (temperature {m['temperature']:.3f}, TTA {'on' if m['tta'] else 'off'})")  # fmt: skip
     print(m["classification_report_text"])

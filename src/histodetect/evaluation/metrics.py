@@ -60,6 +60,37 @@ def bootstrap_auc_ci(
     return float(lo), float(hi)
 
 
+MIN_SLIDES_FOR_CI = 5
+"""Slides below which no slide-level interval is given (resampling 2-4 slides says little)."""
+
+
+def slide_bootstrap_auc_ci(
+    labels: np.ndarray, probs: np.ndarray, slides: np.ndarray, n_boot: int = 1000,
+    seed: int = 0, level: float = 0.95,
+) -> tuple[float, float] | None:  # fmt: skip
+    """Percentile bootstrap interval of the AUC that resamples whole slides (a cluster
+    bootstrap): patches of one slide are alike, so resampling patches alone gives an interval
+    too narrow for new slides. Resamples that draw one class only are drawn again; None with
+    fewer than `MIN_SLIDES_FOR_CI` slides, or when most resamples hold one class."""
+    labels, slides = np.asarray(labels), np.asarray(slides)
+    names, which = np.unique(slides, return_inverse=True)
+    if len(names) < MIN_SLIDES_FOR_CI or len(np.unique(labels)) < 2:
+        return None
+    members = [np.flatnonzero(which == k) for k in range(len(names))]
+    rng = np.random.default_rng(seed)
+    aucs: list[float] = []
+    for _ in range(20 * n_boot):  # a bound: one-class resamples are drawn again
+        idx = np.concatenate([members[k] for k in rng.integers(0, len(names), len(names))])
+        if len(np.unique(labels[idx])) == 2:
+            aucs.append(roc_auc_score(labels[idx], probs[idx]))
+            if len(aucs) == n_boot:
+                break
+    if len(aucs) < n_boot:
+        return None
+    lo, hi = np.percentile(aucs, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return float(lo), float(hi)
+
+
 def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, n_bins: int = 10) -> float:
     """ECE: mean |accuracy - confidence| over equal-width probability bins, weighted by bin size;
     NaN for no patches. The one ECE: the report's reliability diagram shows this figure."""
@@ -160,6 +191,8 @@ def compute_metrics(
         "classification_report": report,
         "classification_report_text": report_text,
     }
-    if slides is not None and (slides != "").all():
+    if slides is not None and len(slides) and (slides != "").all():
         metrics["per_slide"] = per_slide_metrics(labels, probs, slides, threshold)
+        slide_ci = slide_bootstrap_auc_ci(labels, probs, slides, n_boot=n_boot)
+        metrics["auc_ci95_slides"] = list(slide_ci) if slide_ci else None
     return metrics

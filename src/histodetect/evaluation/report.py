@@ -124,12 +124,21 @@ def _header(m: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def _slide_interval_row(m: dict[str, Any]) -> list[tuple[str, str]]:
+    """The slide-resampled interval, where the split names its slides (see metrics)."""
+    ci = m.get("auc_ci95_slides")
+    if not ci:
+        return []
+    return [("AUC 95% CI, slides resampled", f"{_fmt(ci[0])} – {_fmt(ci[1])}")]
+
+
 def _headline(m: dict[str, Any]) -> str:
     """The headline metrics table and the provenance lines."""
     ci = m.get("auc_ci95") or [None, None]
     method = f" ({m['threshold_method']})" if m.get("threshold_method") else ""
     rows = [
         ("AUC (95% CI)", f"{_fmt(m.get('auc'))} ({_fmt(ci[0])} – {_fmt(ci[1])})"),
+        *_slide_interval_row(m),
         ("Accuracy", _fmt(m.get("accuracy"))),
         ("Balanced accuracy", _fmt(m.get("balanced_accuracy"))),
         ("Sensitivity (at threshold)", _fmt(m.get("sensitivity"))),
