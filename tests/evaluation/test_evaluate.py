@@ -135,8 +135,8 @@ def test_metrics_json_is_strict_json_when_a_figure_has_no_value() -> None:
     held a bare NaN, which JavaScript's JSON.parse (and jq) refuse."""
     import numpy as np
 
-    from histodetect.evaluation.evaluate import metrics_json
     from histodetect.evaluation.metrics import compute_metrics
+    from histodetect.evaluation.report_folder import metrics_json
 
     metrics = compute_metrics(np.array([0, 1, 0, 1]), np.array([0.1, 0.4, 0.2, 0.3]), 0.9)
     assert np.isnan(metrics["precision"])

@@ -196,6 +196,7 @@ class IngestReport:
 
     def write(self, folder: Path) -> None:
         """Write ingest_report.json and ingest_report.md (every problem listed) into `folder`."""
-        for name, text in (("ingest_report.json", self.to_json()),
-                           ("ingest_report.md", self.to_markdown())):  # fmt: skip
-            (folder / name).write_text(text, encoding="utf-8", errors="backslashreplace")
+        from histodetect.atomic import write_text_atomic  # escapes names that are not UTF-8
+
+        write_text_atomic(folder / "ingest_report.json", self.to_json())
+        write_text_atomic(folder / "ingest_report.md", self.to_markdown())

@@ -124,6 +124,11 @@ def _without_copies(ids: np.ndarray, train: np.ndarray, valid: np.ndarray) -> np
     sides, and `check_no_leak` then refused the store for a leak the split itself made. Left
     out of validation (not moved to training) so that a slide-grouped split stays disjoint."""
     copies = np.isin(ids[valid], ids[train])
+    if copies.all():
+        raise HistodetectError(
+            "every validation patch the split drew is a copy of a training patch (the same "
+            "pixels); ingest with --drop-duplicates, or give the store a valid split."
+        )
     if copies.any():
         warnings.warn(
             f"{plural(int(copies.sum()), 'validation patch', 'validation patches')} "
@@ -131,11 +136,6 @@ def _without_copies(ids: np.ndarray, train: np.ndarray, valid: np.ndarray) -> np
             "pixels) and left out of validation; `histodetect ingest --drop-duplicates` removes "
             "copies for good.",
             stacklevel=3,
-        )
-    if copies.all():
-        raise HistodetectError(
-            "every validation patch the split drew is a copy of a training patch (the same "
-            "pixels); ingest with --drop-duplicates, or give the store a valid split."
         )
     return valid[~copies]
 

@@ -142,11 +142,11 @@ def seal(path: Path) -> None:
     path.write_bytes(data[:start] + digest + data[end:])
 
 
-def check_sealed(path: Path) -> None:
-    """Refuse an exported file whose bytes changed since export (a disk fault, a cut copy, a
-    hand edit): ONNX Runtime loads changed weights without a word, and predict scored them.
-    Files exported before the seal (no `CONTENT_KEY`) are taken as they are."""
-    data = path.read_bytes()
+def check_sealed(path: Path, data: bytes) -> None:
+    """Refuse an exported file (`data`, the bytes of `path`) changed since export (a disk
+    fault, a cut copy, a hand edit): ONNX Runtime loads changed weights without a word, and
+    predict scored them. Files exported before the seal (no `CONTENT_KEY`) are taken as
+    they are, and so is one whose damage fell on the seal's own entry."""
     entries = list(_CONTENT_ENTRY.finditer(data))
     if not entries:
         return
@@ -179,13 +179,14 @@ class OnnxBackend:
         ort = require_onnxruntime()
         if not path.is_file():
             raise HistodetectError(f"model {path} does not exist.")
-        check_sealed(path)
+        data = path.read_bytes()  # read once: checked here, then handed to ONNX Runtime
+        check_sealed(path, data)
         providers = providers_for(device, list(ort.get_available_providers()))
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            self.session = ort.InferenceSession(data, options, providers=providers)
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
             raise HistodetectError(f"{path} cannot be loaded by ONNX Runtime "
                                    f"({str(exc).strip()[:160]}); check that the file is complete, "
