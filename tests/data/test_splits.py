@@ -149,3 +149,20 @@ def test_an_official_split_whose_sides_share_slides_is_not_called_slide_disjoint
     assert not choose_split(shared).slide_disjoint
     apart = _store(tmp_path / "b", rng, ["train"] * 8 + ["valid"] * 4, ["s0"] * 8 + ["s1"] * 4)
     assert choose_split(apart).slide_disjoint
+
+
+def test_a_drawn_validation_split_of_copies_only_is_refused_in_one_sentence(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """The slide the grouped split holds out has only copies of training patches: leaving them
+    out would leave no validation at all, so the store is refused with what to do."""
+    names = [f"s{i % 5}" for i in range(30)] + ["s9"] * 10
+    store = _store_with_copies(tmp_path, rng, names)
+    for seed in range(20):
+        t, v = slide_grouped_split(store.manifest.labels, store.manifest.slides, 0.25, seed)
+        if set(store.manifest.slides[v]) == {"s9"}:
+            break
+    else:
+        pytest.skip("no seed held out slide s9 alone")
+    with pytest.raises(HistodetectError, match=r"every validation patch .* --drop-duplicates"):
+        choose_split(store, valid_fraction=0.25, seed=seed)
