@@ -159,7 +159,7 @@ def test_a_drawn_validation_split_of_copies_only_is_refused_in_one_sentence(
     names = [f"s{i % 5}" for i in range(30)] + ["s9"] * 10
     store = _store_with_copies(tmp_path, rng, names)
     for seed in range(20):
-        t, v = slide_grouped_split(store.manifest.labels, store.manifest.slides, 0.25, seed)
+        _, v = slide_grouped_split(store.manifest.labels, store.manifest.slides, 0.25, seed)
         if set(store.manifest.slides[v]) == {"s9"}:
             break
     else:
