@@ -11,7 +11,11 @@ HELP = "evaluate a model on a store split: metrics.json, report.html, plots; opt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="run folder, model.pt or checkpoint")
+    parser.add_argument(
+        "model",
+        type=Path,
+        help="run folder, model.pt, checkpoint or exported model.onnx (no --calibrate-on)",
+    )
     options.add_store(parser)
     parser.add_argument(
         "--split",

@@ -29,8 +29,16 @@ from histodetect.evaluation.calibration import (
 )
 from histodetect.evaluation.metrics import compute_metrics
 from histodetect.evaluation.report_folder import METRICS_FILE, check_report_folder, metrics_json
+from histodetect.inference.backends import N_TTA_VIEWS
+from histodetect.inference.backends.onnx import is_onnx_path
+from histodetect.inference.predictor import OpenedModel, open_model
 from histodetect.inference.scoring import pick_device, require_finite, score_array
 from histodetect.models.checkpoint import MODEL_FILE, LoadedModel, load_checkpoint, update_spec
+
+Evaluated = LoadedModel | OpenedModel
+"""A model evaluate scores: a PyTorch model.pt, checkpoint or run folder (`LoadedModel`), or an
+exported model.onnx run by ONNX Runtime (`OpenedModel`; an int8 export's AUC is checked this
+way). Both carry the spec, the file's path and its metadata (an export keeps its source's)."""
 
 OPTIMISTIC = "this split is not slide-disjoint from training: every figure is optimistic"
 
@@ -45,7 +53,7 @@ class EvalSplit:
     warnings: tuple[str, ...] = ()
 
 
-def run_dir_of(loaded: LoadedModel) -> Path | None:
+def run_dir_of(loaded: Evaluated) -> Path | None:
     """The training run folder a model file came from, when it is one."""
     folder = loaded.path.parent
     if loaded.path.suffix == ".ckpt":
@@ -57,7 +65,7 @@ ALL_SPLITS = "all"
 """`--split all`: every labelled patch of the store, whatever its split."""
 
 
-def resolve_split(store: PatchStore, name: str, loaded: LoadedModel) -> EvalSplit:
+def resolve_split(store: PatchStore, name: str, loaded: Evaluated) -> EvalSplit:
     """Rows of split `name`: the store's own split, `all` labelled rows, or the run's
     train/valid split re-derived. A store without named splits is evaluated as a whole."""
     trained_here = loaded.metadata.get("store_fingerprint") == store.fingerprint
@@ -97,7 +105,7 @@ def resolve_split(store: PatchStore, name: str, loaded: LoadedModel) -> EvalSpli
 
 
 def _score(
-    loaded: LoadedModel,
+    loaded: Evaluated,
     store: PatchStore,
     rows: np.ndarray,
     tta: bool,
@@ -105,16 +113,20 @@ def _score(
     batch_size: int,
     precision: str = "auto",
 ) -> np.ndarray:
-    pixels = store.read(rows)
-    logits = score_array(
-        loaded.model,
-        loaded.spec,
-        pixels,
-        tta=tta,
-        batch_size=batch_size,
-        device=pick_device(device),
-        precision=precision,
-    )
+    return _logits(loaded, store.read(rows), tta, device, batch_size, precision)
+
+
+def _logits(loaded: Evaluated, pixels: np.ndarray, tta: bool, device: str, batch_size: int,
+            precision: str) -> np.ndarray:  # fmt: skip
+    """Raw logits of uint8 patches, (n,) or (n, 8) with TTA; NaN or inf is an error."""
+    if isinstance(loaded, OpenedModel):  # ONNX Runtime, opened on its device already
+        parts = [loaded.backend.logits(pixels[i : i + batch_size], tta)
+                 for i in range(0, len(pixels), batch_size)]  # fmt: skip
+        empty = np.zeros((0, N_TTA_VIEWS) if tta else (0,), dtype=np.float32)
+        logits = np.concatenate(parts) if parts else empty
+    else:
+        logits = score_array(loaded.model, loaded.spec, pixels, tta=tta, batch_size=batch_size,
+                             device=pick_device(device), precision=precision)  # fmt: skip
     return require_finite(logits, loaded.path)
 
 
@@ -170,7 +182,7 @@ def save_calibration(calibrated: LoadedModel) -> None:
                 {"calibration": calibrated.metadata["calibration"]})  # fmt: skip
 
 
-def _role_with_calibration(split: EvalSplit, loaded: LoadedModel, store: PatchStore) -> str:
+def _role_with_calibration(split: EvalSplit, loaded: Evaluated, store: PatchStore) -> str:
     """The split's role, with a warning where the model's calibration was fitted on any of
     the reported patches: only the split names were compared, so `calibrate --split all` and
     then `evaluate --split test` reported the test split as held out."""
@@ -185,7 +197,7 @@ def _role_with_calibration(split: EvalSplit, loaded: LoadedModel, store: PatchSt
     return split.role
 
 
-def _calibrated_on_reported(split: EvalSplit, loaded: LoadedModel, store: PatchStore) -> int:
+def _calibrated_on_reported(split: EvalSplit, loaded: Evaluated, store: PatchStore) -> int:
     """How many of the reported patches the model's calibration was fitted on (0 when it was
     fitted on another store: those patches cannot be matched here)."""
     cal = loaded.metadata.get("calibration") or {}
@@ -235,15 +247,18 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
             f"the threshold and temperature must be fitted on another split than the one reported; "
             f"use --calibrate-on valid with --split test (not both {opts.split})."
         )
-    loaded, store = load_checkpoint(model), open_store(store_path)
+    loaded = _load(model, opts)
+    store = open_store(store_path)
     split = resolve_split(store, opts.split, loaded)  # every check before calibration saves
     _check_two_classes(store, split)
+    calibrated: LoadedModel | None = None
     if opts.calibrate_on is not None:
         fitted_on = resolve_split(store, opts.calibrate_on, loaded)
         _check_disjoint(fitted_on, split, opts)
         # saved into the model file only once the report is in place: a failure below (an
         # unusable --out, Ctrl-C during --shift) had already replaced its calibration
-        loaded = calibrate(loaded, store, fitted_on, opts.threshold, opts.tta, opts.device,
+        assert isinstance(loaded, LoadedModel)  # _load refuses --calibrate-on for ONNX
+        loaded = calibrated = calibrate(loaded, store, fitted_on, opts.threshold, opts.tta, opts.device,
                            opts.batch_size, opts.precision, save=False)  # fmt: skip
     else:
         note = tta_mismatch_note(loaded.metadata, opts.tta, loaded.path)
@@ -264,9 +279,22 @@ def evaluate(model: Path | str | None, store_path: Path | str, out_dir: Path | s
     with atomic_dir(out, replace=opts.overwrite) as tmp:  # all files appear at once, or none
         (tmp / METRICS_FILE).write_text(metrics_json(metrics))
         _write_report(tmp, metrics, labels, probs, store, split, loaded)
-    if opts.calibrate_on is not None:
-        save_calibration(loaded)
+    if calibrated is not None:
+        save_calibration(calibrated)
     return metrics
+
+
+def _load(model: Path | str | None, opts: EvaluateOptions) -> Evaluated:
+    """The model to evaluate; an .onnx file runs in ONNX Runtime (its calibration is fixed)."""
+    if not is_onnx_path(model):
+        return load_checkpoint(model)
+    if opts.calibrate_on is not None:
+        raise HistodetectError(
+            f"{model} is an ONNX model, whose temperature is fixed in its graph, so "
+            "--calibrate-on cannot recalibrate it; calibrate the model.pt it was exported from "
+            "and export it again, or evaluate without --calibrate-on."
+        )
+    return open_model(model, opts.device, opts.precision)
 
 
 def _check_disjoint(fitted_on: EvalSplit, reported: EvalSplit, opts: EvaluateOptions) -> None:
@@ -299,16 +327,14 @@ def _check_two_classes(store: PatchStore, split: EvalSplit) -> None:
         )
 
 
-def _shift_robustness(loaded: LoadedModel, store: PatchStore, split: EvalSplit,
+def _shift_robustness(loaded: Evaluated, store: PatchStore, split: EvalSplit,
                       labels: np.ndarray, opts: EvaluateOptions) -> dict[str, Any]:  # fmt: skip
     """AUC of the same split under each seeded shift (see `histodetect.evaluation.shifts`)."""
     from histodetect.evaluation.shifts import shifted_aucs
 
     def score(pixels: np.ndarray) -> np.ndarray:
-        logits = score_array(loaded.model, loaded.spec, pixels, tta=opts.tta,
-                             batch_size=opts.batch_size, device=pick_device(opts.device),
-                             precision=opts.precision)  # fmt: skip
-        return probabilities(require_finite(logits, loaded.path), loaded.spec.temperature)
+        logits = _logits(loaded, pixels, opts.tta, opts.device, opts.batch_size, opts.precision)
+        return probabilities(logits, loaded.spec.temperature)
 
     pixels = store.read(split.indices)
     results = shifted_aucs(score, pixels, labels, opts.shifts, opts.shift_seed)
@@ -316,7 +342,7 @@ def _shift_robustness(loaded: LoadedModel, store: PatchStore, split: EvalSplit,
 
 
 def _context(
-    loaded: LoadedModel, store: PatchStore, split: EvalSplit, opts: EvaluateOptions
+    loaded: Evaluated, store: PatchStore, split: EvalSplit, opts: EvaluateOptions
 ) -> dict[str, Any]:
     cal = loaded.metadata.get("calibration") or {}
     return {
@@ -333,14 +359,18 @@ def _context(
     }
 
 
-def _overlays(loaded: LoadedModel, pixels: np.ndarray) -> list[np.ndarray]:
+def _overlays(loaded: Evaluated, pixels: np.ndarray) -> list[np.ndarray]:
     from histodetect.explain.gradcam import gradcam_overlays
+
+    if isinstance(loaded, OpenedModel):  # shown as a note in the report
+        raise HistodetectError(f"{loaded.path} runs in ONNX Runtime, which gives no gradients "
+                               "here; evaluate the model.pt it was exported from for them.")  # fmt: skip
 
     return gradcam_overlays(loaded.model, loaded.spec, pixels)
 
 
 def _write_report(out: Path, metrics: dict[str, Any], labels: np.ndarray, probs: np.ndarray,
-                  store: PatchStore, split: EvalSplit, loaded: LoadedModel) -> Path:  # fmt: skip
+                  store: PatchStore, split: EvalSplit, loaded: Evaluated) -> Path:  # fmt: skip
     from histodetect.evaluation.report import ReportInputs, write_report
     from histodetect.training.metrics_log import read_epoch_metrics
 

@@ -171,8 +171,8 @@ def load_checkpoint(path: Path | str | None = None) -> LoadedModel:
     """
     file = resolve_model_path(path)
     if file.suffix.lower() == ".onnx":
-        raise HistodetectError(f"{file} is an ONNX model, which predict, slide and serve run; this "
-                               "command needs the model.pt it was exported from.")  # fmt: skip
+        raise HistodetectError(f"{file} is an ONNX model, which predict, slide, serve and evaluate "
+                               "run; this command needs the model.pt it was exported from.")  # fmt: skip
     payload = _read(file)
     spec, state, metadata = _parts(file, payload)
     if payload.get("format") == FORMAT:
