@@ -761,3 +761,30 @@ def test_an_out_beside_a_store_reached_through_dotdot_is_not_inside_it(
     check_not_in_store(Path("../report"), "report")  # beside the store: no error
     with pytest.raises(HistodetectError, match="lies inside the patch store"):
         check_not_in_store(Path("sub/report"), "report")
+
+
+def test_an_onnx_graph_off_only_where_the_sigmoid_is_flat_is_caught(tmp_path: Path) -> None:
+    """The fp32 export check compared probabilities only, on noise patches where the bundled
+    model gives p near 0.006: a graph whose logits were off by 5 where p is near 0 passed
+    (probabilities within 1e-11). Logits are compared too, on noise and smooth patches."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from histodetect.export.onnx import DeployableModel, check_parity, export_loaded
+    from histodetect.models import ModelSpec, build_model
+    from histodetect.models.checkpoint import LoadedModel
+    from histodetect.models.pool_order import relu_before_pool
+
+    torch.manual_seed(0)
+    spec = ModelSpec("histocnn", tiny_model_kwargs("histocnn"))
+    model = build_model(spec).eval()
+    output = model.head[-1]
+    with torch.no_grad():
+        output.weight.mul_(1e-3)  # logits near the bias, whatever the patch
+        output.bias.fill_(-30.0)  # p near 1e-13
+    onnx = tmp_path / "m.onnx"
+    export_loaded(LoadedModel(model, spec, _touch(tmp_path / "model.pt")), onnx)
+    with torch.no_grad():
+        output.bias.fill_(-25.0)  # the PyTorch model now differs by 5 in logit
+    other = DeployableModel(relu_before_pool(model).eval(), spec).eval()
+    with pytest.raises(RuntimeError, match="in logit"):
+        check_parity(onnx, other)
