@@ -33,13 +33,16 @@ def _probabilities(model: Path, pixels: np.ndarray, tta: bool = False) -> np.nda
     return Predictor(model, device="cpu", tta=tta, precision=precision).predict_pixels(pixels)
 
 
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize(
+    ("name", "kwargs"),
+    [*((name, {}) for name in model_names()), ("histocnn", {"input_norm": "none"})],
+)
 def test_every_family_exports_with_its_preprocessing_and_a_dynamic_batch(
-    name: str, tmp_path: Path, rng: np.random.Generator
+    name: str, kwargs: dict[str, str], tmp_path: Path, rng: np.random.Generator
 ) -> None:
     if name == "timm":
         pytest.importorskip("timm")
-    source = save_tiny_model(tmp_path / "model.pt", name, crop_px=64)
+    source = save_tiny_model(tmp_path / "model.pt", name, crop_px=64, **kwargs)
     result = export_onnx(source, tmp_path / "model.onnx")
     assert result.max_probability_difference <= PARITY
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])

@@ -9,6 +9,7 @@ import torch
 
 from histodetect.errors import HistodetectError
 from histodetect.models import count_parameters, create_model
+from histodetect.models.histocnn import instance_standardise
 from histodetect.models.pool_order import relu_before_pool
 
 
@@ -29,9 +30,11 @@ def test_flatten_head_sees_position_gap_head_does_not() -> None:
     centre[..., 40:56, 40:56] = 1.0
     corner[..., 8:24, 8:24] = 1.0
     x = torch.cat([centre, corner])
-    flat = create_model("histocnn", conv_channels=(4, 8), dense_units=8, dropout=0.0).eval()
-    gap = create_model("histocnn", conv_channels=(4, 8), dense_units=8, dropout=0.0,
-                       head="gap").eval()  # fmt: skip
+    # input_norm off: it would turn the zero background into a constant that the convs' zero
+    # padding then tells apart near the borders
+    tiny = {"conv_channels": (4, 8), "dense_units": 8, "dropout": 0.0, "input_norm": "none"}
+    flat = create_model("histocnn", **tiny).eval()
+    gap = create_model("histocnn", **tiny, head="gap").eval()
     with torch.no_grad():
         flat_out, gap_out = flat(x), gap(x)
     assert abs(float(flat_out[0] - flat_out[1])) > 1e-4
@@ -46,12 +49,33 @@ def test_default_size_and_convs_per_block() -> None:
     assert sum(isinstance(m, torch.nn.Conv2d) for m in single.modules()) == 2
 
 
+def test_instance_input_norm_ignores_each_patch_s_stain_offset_and_strength() -> None:
+    """input_norm=instance: a patch whose channels are shifted and scaled (a paler or stronger
+    stain, another scanner's white balance) gets the same logit; without it, another one."""
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 96, 96) * 2 - 1
+    gain, offset = torch.tensor([1.6, 0.7, 1.2]), torch.tensor([0.4, -0.3, 0.1])
+    restained = x * gain.view(1, 3, 1, 1) + offset.view(1, 3, 1, 1)
+    kwargs = {"conv_channels": (4, 8), "dense_units": 8, "dropout": 0.0}
+    normed = create_model("histocnn", input_norm="instance", **kwargs).eval()
+    torch.manual_seed(0)
+    plain = create_model("histocnn", input_norm="none", **kwargs).eval()
+    with torch.no_grad():
+        assert torch.allclose(normed(x), normed(restained), atol=1e-5)
+        assert not torch.allclose(plain(x), plain(restained), atol=1e-3)
+        # a near-blank patch is amplified at most 1 / INSTANCE_STD_FLOOR, not to unit spread
+        blank = torch.full((1, 3, 96, 96), 0.8) + 1e-3 * torch.randn(1, 3, 96, 96)
+        assert bool(torch.isfinite(normed(blank)).all())
+        assert float(instance_standardise(blank).abs().max()) < 0.1
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"conv_channels": ()}, "at least one block"),
         ({"head": "avg"}, "head 'avg'"),
         ({"dropout": 1.0}, "dropout"),
+        ({"input_norm": "reinhard"}, "input_norm 'reinhard'"),
         ({"input_size_px": 4, "conv_channels": (4, 4, 4)}, "at least 8 px"),
     ],
 )

@@ -11,6 +11,7 @@ from histodetect.models.registry import (
     model_names,
     register_model,
     resolved_model_kwargs,
+    stored_model_kwargs,
     tiny_model_kwargs,
 )
 from histodetect.models.spec import (
@@ -41,5 +42,6 @@ __all__ = [
     "prepare_batch",
     "register_model",
     "resolved_model_kwargs",
+    "stored_model_kwargs",
     "tiny_model_kwargs",
 ]

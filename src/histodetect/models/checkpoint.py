@@ -20,6 +20,7 @@ from histodetect.modelfiles import (  # noqa: F401 - re-exported where they used
     bundled_model_path,
     resolve_model_path,
 )
+from histodetect.models.registry import resolved_model_kwargs, stored_model_kwargs
 from histodetect.models.spec import ModelSpec, build_model
 
 FORMAT = "histodetect-model"
@@ -58,6 +59,9 @@ def save_model(
             weights sit in a few large layers (the bundled model); the loss is measured on the
             bundled file by tests/inference/test_bundled_model.py.
     """
+    # every builder option by name, so that a default changed later never changes the rebuild
+    # (`stored_model_kwargs` gives an option the file lacks the value from before it existed)
+    spec = spec.replace(model_kwargs=resolved_model_kwargs(spec.model_name, spec.model_kwargs))
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     if int8_weights:
         state = _quantise_int8(state)
@@ -234,6 +238,8 @@ def _parts(file: Path, payload: dict[str, Any]) -> tuple[ModelSpec, dict[str, An
         )
     try:
         spec = ModelSpec.from_dict(spec_dict)  # type: ignore[arg-type]
+        # an option added to the builder since the file was saved keeps the value it was built with
+        spec = spec.replace(model_kwargs=stored_model_kwargs(spec.model_name, spec.model_kwargs))
     except HistodetectError as exc:
         raise HistodetectError(f"{file} holds an invalid model spec: {exc}") from None
     return spec, state, metadata  # type: ignore[return-value]

@@ -18,7 +18,12 @@ import torch
 from torch import nn
 
 from histodetect.errors import HistodetectError
-from histodetect.models.registry import create_model, register_model, resolved_model_kwargs
+from histodetect.models.registry import (
+    create_model,
+    register_model,
+    resolved_model_kwargs,
+    stored_model_kwargs,
+)
 
 
 class Ensemble(nn.Module):
@@ -44,7 +49,10 @@ def _member(index: int, entry: Any, input_size_px: int) -> nn.Module:
         )
     if entry["model"] == "ensemble":
         raise HistodetectError("an ensemble cannot contain another ensemble.")
-    return create_model(str(entry["model"]), input_size_px=input_size_px, **dict(entry["kwargs"]))
+    name = str(entry["model"])  # members are saved models: options added since get their old value
+    return create_model(
+        name, input_size_px=input_size_px, **stored_model_kwargs(name, entry["kwargs"])
+    )
 
 
 def build_ensemble(

@@ -40,6 +40,7 @@ class _Entry:
     description: str
     tiny_kwargs: dict[str, Any]
     kwarg_names: tuple[str, ...]
+    added_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, _Entry] = {}
@@ -74,6 +75,7 @@ def register_model(
     *,
     description: str,
     tiny_kwargs: Mapping[str, Any],
+    added_kwargs: Mapping[str, Any] | None = None,
 ) -> None:
     """Add a model to the registry.
 
@@ -83,6 +85,9 @@ def register_model(
             (N,) logits; keyword arguments only, all with defaults, including ``input_size_px``.
         description: One sentence shown by `list_models`.
         tiny_kwargs: Keyword arguments for a very small variant used by the test suite.
+        added_kwargs: Builder options added after models of this family were saved, each with
+            the value those models were built with (often not today's default); see
+            `stored_model_kwargs`.
 
     Raises:
         HistodetectError: If the name is taken, the builder's signature cannot be checked,
@@ -92,7 +97,10 @@ def register_model(
         raise HistodetectError(f"Model name {name!r} is already registered.")
     kwarg_names = _builder_kwarg_names(name, builder)
     _check_kwargs(name, kwarg_names, tiny_kwargs)
-    _REGISTRY[name] = _Entry(builder, description, dict(tiny_kwargs), kwarg_names)
+    _check_kwargs(name, kwarg_names, added_kwargs or {})
+    _REGISTRY[name] = _Entry(
+        builder, description, dict(tiny_kwargs), kwarg_names, dict(added_kwargs or {})
+    )
 
 
 def _check_kwargs(name: str, kwarg_names: tuple[str, ...], kwargs: Mapping[str, Any]) -> None:
@@ -144,6 +152,19 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     entry = _entry(name)
     _check_kwargs(name, entry.kwarg_names, kwargs)
     return entry.builder(**kwargs)
+
+
+def stored_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The builder options of a saved model: `kwargs` as stored, plus the value of each option
+    added since (`register_model`'s ``added_kwargs``) that the file does not name.
+
+    A saved spec holds every option its builder had then (`resolved_model_kwargs`); one it lacks
+    did not exist, so the model was built without it, which today's default may not reproduce.
+    An unknown name is returned unchanged (building it raises the one message for that).
+    """
+    entry = _REGISTRY.get(name)
+    added = entry.added_kwargs if entry is not None else {}
+    return {**added, **kwargs}
 
 
 def resolved_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:

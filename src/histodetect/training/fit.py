@@ -24,7 +24,7 @@ from histodetect.data.splits import warn_if_trained_on_another_split
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
-from histodetect.models import ModelSpec, resolved_model_kwargs
+from histodetect.models import ModelSpec, resolved_model_kwargs, stored_model_kwargs
 from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, load_tensors, save_model
 from histodetect.training.config import TrainConfig
 from histodetect.training.data import PatchDataModule
@@ -240,8 +240,9 @@ def _resumed(run_dir: Path | str) -> tuple[TrainConfig, Path, ModelSpec | None]:
     ckpt_path, trained = _check_resumable(Path(run_dir))
     if trained is None:
         return config, ckpt_path, None
-    config = dataclasses.replace(config, model_kwargs=dict(trained["model_kwargs"]))
-    return config, ckpt_path, ModelSpec.from_dict(trained)
+    kwargs = stored_model_kwargs(str(trained.get("model_name")), trained["model_kwargs"])
+    config = dataclasses.replace(config, model_kwargs=kwargs)
+    return config, ckpt_path, ModelSpec.from_dict({**trained, "model_kwargs": kwargs})
 
 
 def check_trainable(config: TrainConfig, store: PatchStore, dm: PatchDataModule) -> None:
