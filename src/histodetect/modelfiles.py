@@ -14,12 +14,23 @@ MODEL_FILE = "model.pt"
 """Exported model inside a run folder: weights, ModelSpec and metadata, no optimizer state."""
 BUNDLED_MODEL = "bundled/model.pt"
 """The model shipped inside the package, relative to the package folder."""
+BUNDLED = "bundled"
+"""The word that names the bundled model wherever a model path is taken (`--model bundled`,
+`export bundled`, `--teacher bundled`, `--init bundled`), unless a file or folder of that name
+exists in the working folder."""
+
+
+def names_bundled(path: Path | str | None) -> bool:
+    """True when `path` means the bundled model: None, or the word `BUNDLED` naming nothing here."""
+    return path is None or (str(path) == BUNDLED and not Path(path).exists())
 
 
 def resolve_model_path(path: Path | str | None) -> Path:
-    """The model file meant by `path`: a file, a run folder (its model.pt), or None (bundled)."""
-    if path is None:
+    """The model file meant by `path`: a file, a run folder (its model.pt), or None or the word
+    ``bundled`` (the bundled model; see `BUNDLED`)."""
+    if names_bundled(path):
         return bundled_model_path()
+    assert path is not None
     path = Path(path)
     if path.is_dir():
         for candidate in (MODEL_FILE, "checkpoints/best.ckpt", "checkpoints/last.ckpt"):

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
         type=Path,
-        help="run folder, model.pt, checkpoint or exported model.onnx (no --calibrate-on)",
+        help="run folder, model.pt, checkpoint, exported model.onnx (no --calibrate-on) or `bundled`",
     )
     options.add_store(parser)
     parser.add_argument(

@@ -22,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     options.add_out(parser, "folder to write: <id>.png per patch and explanations.csv")
     parser.add_argument(
-        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+        "--model",
+        type=Path,
+        help="model.pt or run folder (default, or `bundled`: the bundled model)",
     )
     options.add_fit_to_size(parser)
     options.add_inference(parser)

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         nargs="?",
         metavar="MODEL",
-        help="run folder, model.pt or training checkpoint (default: the bundled model)",
+        help="run folder, model.pt or training checkpoint (default, or `bundled`: the bundled model)",
     )
     parser.add_argument("--format", choices=FORMATS, default="onnx", help="default: onnx")
     options.add_out(parser, "file to write, e.g. model.onnx")

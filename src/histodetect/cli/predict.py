@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=Path,
-        help="model.pt, run folder or model.onnx (default: the bundled model)",
+        help="model.pt, run folder or model.onnx (default, or `bundled`: the bundled model)",
     )
     options.add_out(parser, "CSV file to write (id,label = tumour probability)")
     parser.add_argument("--with-path", action="store_true", help="add a path column")

@@ -16,7 +16,9 @@ HELP = "HTTP API and browser page: patch predictions, Grad-CAM and slide heatmap
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+        "--model",
+        type=Path,
+        help="model.pt or run folder (default, or `bundled`: the bundled model)",
     )
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this "

@@ -24,7 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     options.add_out(parser, "folder for the results, one sub-folder per slide")
     parser.add_argument(
-        "--model", type=Path, help="model.pt or run folder (default: the bundled model)"
+        "--model",
+        type=Path,
+        help="model.pt or run folder (default, or `bundled`: the bundled model)",
     )
     parser.add_argument(
         "--mpp",

@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--teacher",
         type=Path,
         help="distil: also learn this model's probabilities on the training patches (a run "
-        "folder, model.pt, an ensemble from `histodetect ensemble`, or model.onnx)",
+        "folder, model.pt, an ensemble from `histodetect ensemble`, model.onnx, or `bundled`)",
     )
     parser.add_argument(
         "--distill-weight",
@@ -184,10 +184,11 @@ def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
 def _init_overrides(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
     """--init: its path made absolute (`bundled` as is) and its network (model, builder
     options, crop), so the run trains that network; a preset that names another is refused."""
+    from histodetect.modelfiles import names_bundled
     from histodetect.training.config import PRESETS
-    from histodetect.training.finetune import BUNDLED, init_recipe
+    from histodetect.training.finetune import init_recipe
 
-    init = args.init if args.init == BUNDLED else str(Path(args.init).resolve())
+    init = args.init if names_bundled(args.init) else str(Path(args.init).resolve())
     wanted = {k: given.get(k) for k in ("model", "model_kwargs", "crop_px")}
     flags: dict[str, str] = {}
     for key in ("model", "crop_px"):
@@ -219,11 +220,17 @@ def run(args: argparse.Namespace) -> int:
                 "leave it out."
             )
         if args.teacher is not None:
-            if not args.teacher.exists():
+            from histodetect.modelfiles import bundled_model_path, names_bundled
+
+            if names_bundled(args.teacher):
+                overrides["teacher"] = str(bundled_model_path())
+            elif not args.teacher.exists():
                 raise HistodetectError(
-                    f"--teacher {args.teacher} does not exist; give a run folder or model file."
+                    f"--teacher {args.teacher} does not exist; give a run folder, a model file "
+                    "or `bundled`."
                 )
-            overrides["teacher"] = str(args.teacher.resolve())
+            else:
+                overrides["teacher"] = str(args.teacher.resolve())
         if args.init is not None:
             overrides.update(_init_overrides(args, overrides))
         overrides["augment"] = _augment(args.augment)

@@ -19,12 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from histodetect.errors import HistodetectError, first_line
+from histodetect.modelfiles import names_bundled
 from histodetect.models import ModelSpec, build_model, resolved_model_kwargs
 from histodetect.models.checkpoint import LoadedModel, load_checkpoint
 from histodetect.training.config import TrainConfig
-
-BUNDLED = "bundled"
-"""`--init bundled`: the model shipped inside the package."""
 
 
 def load_init(init: str) -> LoadedModel:
@@ -33,12 +31,12 @@ def load_init(init: str) -> LoadedModel:
     Raises:
         HistodetectError: a missing, damaged or ONNX file, naming --init.
     """
-    if init != BUNDLED and not Path(init).exists():
+    if not names_bundled(init) and not Path(init).exists():
         raise HistodetectError(
             f"--init {init} does not exist; give a run folder, a model.pt or `bundled`."
         )
     try:
-        return load_checkpoint(None if init == BUNDLED else init)
+        return load_checkpoint(None if names_bundled(init) else init)
     except HistodetectError as exc:
         raise HistodetectError(f"--init {init}: {exc}") from None
 
@@ -146,7 +144,7 @@ def init_weights(module: Any, loaded: LoadedModel) -> None:
 def provenance(init: str, loaded: LoadedModel) -> dict[str, Any]:
     """What run_info.json records of the starting model."""
     return {
-        "init": str(loaded.path) if init == BUNDLED else init,
+        "init": str(loaded.path) if names_bundled(init) else init,
         "init_best_val_auc": loaded.metadata.get("best_val_auc"),
         "init_store": loaded.metadata.get("store"),
     }

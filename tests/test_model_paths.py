@@ -1,0 +1,57 @@
+"""The word `bundled` names the shipped model wherever a model path is taken, and never hides a
+file or folder of that name in the working folder."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from histodetect.cli.main import main
+from histodetect.modelfiles import bundled_model_path, names_bundled, resolve_model_path
+from histodetect.models import tiny_model_kwargs
+from imagefiles import make_synthetic_store
+
+
+def test_the_word_names_the_bundled_model_unless_something_here_has_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert names_bundled(None) and names_bundled("bundled") and names_bundled(Path("bundled"))
+    assert resolve_model_path("bundled") == bundled_model_path()
+    assert not names_bundled("bundled.pt") and not names_bundled("./other")
+    (tmp_path / "bundled").mkdir()
+    (tmp_path / "bundled" / "model.pt").write_bytes(b"a run folder of the user's")
+    assert not names_bundled("bundled")
+    assert resolve_model_path("bundled") == Path("bundled") / "model.pt"
+
+
+def test_predict_and_export_take_the_word(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    (tmp_path / "patches").mkdir()
+    for i in range(3):
+        pixels = rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "patches" / f"p{i}.png")
+    assert main(["predict", "patches", "--model", "bundled", "--out", "out.csv"]) == 0
+    with (tmp_path / "out.csv").open(newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == 3
+    pytest.importorskip("onnxruntime")
+    assert main(["export", "bundled", "--out", "model.onnx"]) == 0
+    assert (tmp_path / "model.onnx").stat().st_size > 1_000_000
+
+
+def test_train_takes_the_word_as_teacher(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    make_synthetic_store(store, n=96)
+    out = tmp_path / "run"
+    code = main(["train", "--data", str(store), "--out", str(out), "--teacher", "bundled",
+                 "--model", "histonet", "--model-kwargs", json.dumps(tiny_model_kwargs("histonet")),
+                 "--epochs", "1", "--batch-size", "32", "--no-progress"])  # fmt: skip
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["teacher"] == str(bundled_model_path())
