@@ -112,7 +112,10 @@ def test_predict_runs_an_onnx_model_like_its_model_pt(
     assert len(onnx_rows) == 21
     for a, b in zip(onnx_rows[1:], torch_rows[1:], strict=True):
         (id_a, p_a, *cls_a), (id_b, p_b, *cls_b) = a.split(","), b.split(",")
-        assert id_a == id_b and abs(float(p_a) - float(p_b)) <= 2e-6 and cls_a == cls_b
+        # 1e-5, a tenth of the export's own bound: the CSV rounds to 1e-6, and the two runtimes
+        # sum the per-image standardisation's mean and spread in different orders (the bundled
+        # model of 8 Dec differs by up to 4e-6; its teacher, without that step, by 1e-6)
+        assert id_a == id_b and abs(float(p_a) - float(p_b)) <= 1e-5 and cls_a == cls_b
 
 
 @pytest.mark.parametrize(
