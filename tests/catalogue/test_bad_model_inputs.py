@@ -510,6 +510,9 @@ def test_full_range_int8_graph_is_refused_on_a_cpu_without_vnni(
     assert len(kept) == len(graph.metadata_props) - 2, (
         "a new int8 export says its weights are 7-bit, and is sealed"
     )
+    for prop in kept:
+        if prop.key == "histodetect_format_version":
+            prop.value = "1"  # before the seal came format version 2
     del graph.metadata_props[:]
     graph.metadata_props.extend(kept)
     old = tmp_path / "old.onnx"
@@ -525,7 +528,7 @@ def test_full_range_int8_graph_is_refused_on_a_cpu_without_vnni(
     Predictor(old, device="cpu")  # VNNI computes full-range weights exactly
 
 
-@pytest.mark.parametrize("where", ["weights", "metadata"])
+@pytest.mark.parametrize("where", ["weights", "metadata", "seal key", "seal value"])
 def test_an_onnx_file_changed_after_export_is_refused_not_scored(
     run: Path, store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
 ) -> None:
@@ -540,8 +543,16 @@ def test_an_onnx_file_changed_after_export_is_refused_not_scored(
     assert main(["export", str(run), "--out", str(good)]) == 0
     Predictor(good, device="cpu")  # sealed and intact: loads
     data = bytearray(good.read_bytes())
-    at = len(data) // 2 if where == "weights" else data.index(b'"threshold"')  # in the spec JSON
-    data[at : at + 4] = b"\x00\x00\x80\x3f" if where == "weights" else b'"thr'[::-1]
+    edits = {
+        "weights": (len(data) // 2, b"\x00\x00\x80\x3f"),
+        "metadata": (data.index(b'"threshold"'), b'"thr'[::-1]),  # in the spec JSON
+        # the seal's own entry: its key, or its value made unreadable (the file then looked
+        # like an export from before the seal, and loaded unchecked)
+        "seal key": (data.index(b"content_sha256") + 13, b"X"),
+        "seal value": (data.index(b"content_sha256") + 16, b"zz"),
+    }
+    at, new = edits[where]
+    data[at : at + len(new)] = new
     damaged = tmp_path / "damaged.onnx"
     damaged.write_bytes(bytes(data))
     capsys.readouterr()

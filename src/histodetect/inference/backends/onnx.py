@@ -27,7 +27,10 @@ LOGITS_OUTPUT = "logits"
 PROBABILITY_OUTPUT = "probability"
 """Graph output: float32 (batch,) calibrated tumour probability sigmoid(logit / temperature)."""
 FORMAT_KEY, FORMAT = "histodetect_format", "histodetect-onnx"
-FORMAT_VERSION_KEY, FORMAT_VERSION = "histodetect_format_version", "1"
+FORMAT_VERSION_KEY, FORMAT_VERSION = "histodetect_format_version", "2"
+READABLE_FORMAT_VERSIONS = ("1", "2")
+"""Version 2 (8 Dec) is version 1 that is always sealed (`CONTENT_KEY`): a version-2 file without
+a readable seal is damaged, where a version-1 file without one may predate the seal."""
 SPEC_KEY = "model_spec"
 """Metadata key of the ModelSpec as JSON (`ModelSpec.to_dict`): the one the backend reads."""
 MODEL_METADATA_KEY = "model_metadata"
@@ -82,7 +85,7 @@ def read_metadata(path: Path, metadata: dict[str, str]) -> tuple[dict[str, Any],
     if metadata.get(FORMAT_KEY) != FORMAT or SPEC_KEY not in metadata:
         raise HistodetectError(f"{path} is an ONNX model without histodetect metadata; "
                                "export it with `histodetect export MODEL --format onnx`.")  # fmt: skip
-    if metadata.get(FORMAT_VERSION_KEY) != FORMAT_VERSION:
+    if metadata.get(FORMAT_VERSION_KEY) not in READABLE_FORMAT_VERSIONS:
         raise HistodetectError(f"{path} was exported in histodetect ONNX format version "
                                f"{metadata.get(FORMAT_VERSION_KEY)}; this version reads {FORMAT_VERSION}: upgrade histodetect.")  # fmt: skip
     try:
@@ -142,18 +145,26 @@ def seal(path: Path) -> None:
     path.write_bytes(data[:start] + digest + data[end:])
 
 
-def check_sealed(path: Path, data: bytes) -> None:
-    """Refuse an exported file (`data`, the bytes of `path`) changed since export (a disk
-    fault, a cut copy, a hand edit): ONNX Runtime loads changed weights without a word, and
-    predict scored them. Files exported before the seal (no `CONTENT_KEY`) are taken as
-    they are, and so is one whose damage fell on the seal's own entry."""
+def check_sealed(path: Path, data: bytes, metadata: dict[str, str]) -> None:
+    """Refuse an exported file (`data`, the bytes of `path`; `metadata`, its metadata_props as
+    ONNX Runtime read them) changed since export (a disk fault, a cut copy, a hand edit): ONNX
+    Runtime loads changed weights without a word, and predict scored them. A version-1 file
+    without a seal entry is taken as it is (exported before the seal); a seal entry that cannot
+    be read (damage on the entry itself) is damage, in a file of either version."""
+    if metadata.get(FORMAT_KEY) != FORMAT:
+        return  # not a histodetect export: `read_metadata` refuses it in its own words
     entries = list(_CONTENT_ENTRY.finditer(data))
     if not entries:
-        return
-    start, end = entries[-1].span(1)
-    expected = entries[-1].group(1).decode()
-    actual = hashlib.sha256(data[:start] + UNSEALED.encode() + data[end:]).hexdigest()
-    if len(entries) > 1 or actual != expected:
+        old = metadata.get(FORMAT_VERSION_KEY) == "1" and CONTENT_KEY not in metadata
+        if old:
+            return
+        entries_ok = False
+    else:
+        start, end = entries[-1].span(1)
+        expected = entries[-1].group(1).decode()
+        actual = hashlib.sha256(data[:start] + UNSEALED.encode() + data[end:]).hexdigest()
+        entries_ok = len(entries) == 1 and actual == expected
+    if not entries_ok:
         raise HistodetectError(
             f"{path} is damaged: its bytes no longer match the checksum written when it was "
             "exported; export it again with `histodetect export MODEL --format onnx --out "
@@ -179,8 +190,7 @@ class OnnxBackend:
         ort = require_onnxruntime()
         if not path.is_file():
             raise HistodetectError(f"model {path} does not exist.")
-        data = path.read_bytes()  # read once: checked here, then handed to ONNX Runtime
-        check_sealed(path, data)
+        data = path.read_bytes()  # read once: handed to ONNX Runtime, then its seal checked
         providers = providers_for(device, list(ort.get_available_providers()))
         options = ort.SessionOptions()
         if threads is not None:
@@ -194,6 +204,7 @@ class OnnxBackend:
                                    "onnx --out FILE.onnx`.") from None  # fmt: skip
         self.path = path
         meta = dict(self.session.get_modelmeta().custom_metadata_map)
+        check_sealed(path, data, meta)
         self.spec_dict, self.metadata = read_metadata(path, meta)
         if not on_gpu_provider(self.session):
             check_int8_portable(path, meta)
