@@ -307,3 +307,38 @@ def test_the_training_device_and_its_precision_follow_one_rule(
 def _config_on(accelerator: str) -> TrainConfig:
     """A config that asks for `accelerator` (no store or run folder is touched)."""
     return resolve_config("store", "run", accelerator=accelerator)
+
+
+def test_a_run_begun_before_input_norm_existed_resumes_without_it(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed before histocnn had `input_norm` (its checkpoint's spec lacks the option)
+    resumes the network it was training, not today's default (`instance`)."""
+    import torch
+
+    from histodetect.training import module
+    from histodetect.training.fit import _resumed
+
+    tiny = {"model": "histocnn", "model_kwargs": tiny_model_kwargs("histocnn")}
+    config = resolve_config(str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32,
+                            checkpoint_every_steps=2, **tiny)  # fmt: skip
+    real = module.PatchClassifier.training_step
+
+    def step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+        if self.global_step == 3:
+            raise RuntimeError("killed")
+        return real(self, batch, batch_idx)
+
+    monkeypatch.setattr(module.PatchClassifier, "training_step", step)
+    with pytest.raises(RuntimeError, match="killed"):
+        fit(config, progress=False)
+    monkeypatch.setattr(module.PatchClassifier, "training_step", real)
+    last = tmp_path / "run/checkpoints/last.ckpt"
+    payload = torch.load(last, weights_only=False)
+    assert payload["hyper_parameters"]["spec"]["model_kwargs"].pop("input_norm") == "instance"
+    torch.save(payload, last)  # as a checkpoint written before the option existed
+    resumed, _, spec = _resumed(tmp_path / "run")
+    assert spec is not None and spec.model_kwargs["input_norm"] == "none"
+    assert resumed.model_kwargs["input_norm"] == "none"
+    fit(config, resume=True, progress=False)
+    assert load_checkpoint(tmp_path / "run").model.input_norm == "none"  # type: ignore[attr-defined]
