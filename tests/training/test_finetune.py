@@ -19,6 +19,7 @@ from histodetect.models.checkpoint import load_checkpoint
 from histodetect.training.config import resolve_config
 from histodetect.training.fit import fit
 from imagefiles import make_synthetic_store
+from killed_runs import fit_killed_at_step
 
 TINY: dict[str, Any] = {"model": "histocnn", "model_kwargs": tiny_model_kwargs("histocnn"),
                         "precision": "32-true", "batch_size": 32}  # fmt: skip
@@ -85,23 +86,12 @@ def test_init_starts_from_the_models_weights_and_keeps_its_preprocessing(
 def test_a_resumed_fine_tune_keeps_the_init_preprocessing_when_the_init_is_gone(
     stores: tuple[Path, Path], base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from histodetect.training import module
 
     copy = tmp_path / "base_copy"
     shutil.copytree(base, copy)
     config = resolve_config(str(stores[1]), str(tmp_path / "run"), epochs=2, init=str(copy),
                             checkpoint_every_steps=2, **TINY)  # fmt: skip
-    real = module.PatchClassifier.training_step
-
-    def killed_at_step_3(self, batch, batch_idx):  # type: ignore[no-untyped-def]
-        if self.global_step == 3:
-            raise RuntimeError("killed")
-        return real(self, batch, batch_idx)
-
-    monkeypatch.setattr(module.PatchClassifier, "training_step", killed_at_step_3)
-    with pytest.raises(RuntimeError, match="killed"):
-        fit(config, progress=False)
-    monkeypatch.setattr(module.PatchClassifier, "training_step", real)
+    fit_killed_at_step(config, 3, monkeypatch)
     shutil.rmtree(copy)  # a resume needs only its own checkpoint
     result = fit(config, resume=True, progress=False)
     assert result.epochs_run == 2

@@ -18,6 +18,7 @@ from histodetect.models.checkpoint import load_checkpoint
 from histodetect.training.config import TrainConfig, resolve_config
 from histodetect.training.fit import fit
 from imagefiles import make_synthetic_store
+from killed_runs import fit_killed_at_step
 
 TINY = {"model": "histonet", "model_kwargs": tiny_model_kwargs("histonet")}
 
@@ -218,27 +219,16 @@ def test_a_resumed_run_ends_exactly_where_the_uninterrupted_run_ends(
     import torch
 
     from histodetect.models import tiny_model_kwargs as tiny
-    from histodetect.training import module
 
     settings: dict[str, Any] = {
         "epochs": 2, "batch_size": 32, "model": "histocnn", "model_kwargs": tiny("histocnn"),
         "checkpoint_every_steps": 3, "early_stop_patience": 0, "precision": "32-true",
     }  # fmt: skip
     fit(resolve_config(str(store_path), str(tmp_path / "whole"), **settings), progress=False)
-    real = module.PatchClassifier.training_step
-
-    def killed_at_step_5(self, batch, batch_idx):  # type: ignore[no-untyped-def]
-        if self.global_step == 5:
-            raise RuntimeError("killed")
-        return real(self, batch, batch_idx)
-
-    monkeypatch.setattr(module.PatchClassifier, "training_step", killed_at_step_5)
     config = resolve_config(str(store_path), str(tmp_path / "resumed"), **settings)
-    with pytest.raises(RuntimeError, match="killed"):
-        fit(config, progress=False)
+    fit_killed_at_step(config, 5, monkeypatch)
     saved = torch.load(tmp_path / "resumed/checkpoints/last.ckpt", weights_only=False)
     assert saved["global_step"] == 3, "the periodic checkpoint before the kill"
-    monkeypatch.setattr(module.PatchClassifier, "training_step", real)
     fit(config, resume=True, progress=False)
     whole, resumed = (
         torch.load(tmp_path / name / "checkpoints/last.ckpt", weights_only=False)
@@ -316,23 +306,12 @@ def test_a_run_begun_before_input_norm_existed_resumes_without_it(
     resumes the network it was training, not today's default (`instance`)."""
     import torch
 
-    from histodetect.training import module
     from histodetect.training.fit import _resumed
 
     tiny = {"model": "histocnn", "model_kwargs": tiny_model_kwargs("histocnn")}
     config = resolve_config(str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32,
                             checkpoint_every_steps=2, **tiny)  # fmt: skip
-    real = module.PatchClassifier.training_step
-
-    def step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
-        if self.global_step == 3:
-            raise RuntimeError("killed")
-        return real(self, batch, batch_idx)
-
-    monkeypatch.setattr(module.PatchClassifier, "training_step", step)
-    with pytest.raises(RuntimeError, match="killed"):
-        fit(config, progress=False)
-    monkeypatch.setattr(module.PatchClassifier, "training_step", real)
+    fit_killed_at_step(config, 3, monkeypatch)
     last = tmp_path / "run/checkpoints/last.ckpt"
     payload = torch.load(last, weights_only=False)
     assert payload["hyper_parameters"]["spec"]["model_kwargs"].pop("input_norm") == "instance"
