@@ -14,7 +14,6 @@ import json
 import sys
 from pathlib import Path
 
-from histodetect.models import resolved_model_kwargs
 from histodetect.models.checkpoint import BUNDLED_MODEL, load_checkpoint, save_model
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "histodetect"
@@ -32,13 +31,10 @@ def main(run_dir: Path, metrics_path: Path, tta_metrics_path: Path | None) -> No
                 "recipe": "scripts/train_bundled_model.sh"}  # fmt: skip
     if tta_metrics_path is not None:
         metadata["valid_auc_tta"] = json.loads(tta_metrics_path.read_text())["auc"]
-    # Freeze every builder option, so a later change of a default cannot change this network.
-    spec = loaded.spec.replace(
-        model_kwargs=resolved_model_kwargs(loaded.spec.model_name, loaded.spec.model_kwargs)
-    )
     out = PACKAGE / BUNDLED_MODEL
     out.parent.mkdir(exist_ok=True)
-    save_model(out, loaded.model, spec, metadata, int8_weights=True)
+    # save_model names every builder option, so a later change of a default cannot change it
+    save_model(out, loaded.model, loaded.spec, metadata, int8_weights=True)
     print(
         f"bundled {loaded.path} -> {out} ({out.stat().st_size / 1e6:.1f} MB), valid AUC {metrics['auc']:.4f}"
     )

@@ -28,9 +28,8 @@ def names_bundled(path: Path | str | None) -> bool:
 def resolve_model_path(path: Path | str | None) -> Path:
     """The model file meant by `path`: a file, a run folder (its model.pt), or None or the word
     ``bundled`` (the bundled model; see `BUNDLED`)."""
-    if names_bundled(path):
+    if path is None or names_bundled(path):
         return bundled_model_path()
-    assert path is not None
     path = Path(path)
     if path.is_dir():
         for candidate in (MODEL_FILE, "checkpoints/best.ckpt", "checkpoints/last.ckpt"):

@@ -302,7 +302,8 @@ def check_parity(
     onnx_path: Path, deployable: DeployableModel, int8_patches: np.ndarray | None = None
 ) -> float:
     """Largest |p_onnx - p_torch|: fp32 on `parity_patches` (at most `PARITY_TOLERANCE`, and
-    logits within `LOGIT_TOLERANCE`), int8 on `int8_patches`, held out of its calibration (at most `INT8_TOLERANCE`).
+    logits within `LOGIT_TOLERANCE`), int8 on `int8_patches`, held out of its calibration (at
+    most `INT8_TOLERANCE`).
 
     Raises:
         RuntimeError: When an fp32 graph disagrees with PyTorch (a bug in the export).

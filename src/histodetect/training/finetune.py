@@ -36,7 +36,7 @@ def load_init(init: str) -> LoadedModel:
             f"--init {init} does not exist; give a run folder, a model.pt or `bundled`."
         )
     try:
-        return load_checkpoint(None if names_bundled(init) else init)
+        return load_checkpoint(init)  # `bundled` included
     except HistodetectError as exc:
         raise HistodetectError(f"--init {init}: {exc}") from None
 

@@ -28,9 +28,10 @@ PROBABILITY_OUTPUT = "probability"
 """Graph output: float32 (batch,) calibrated tumour probability sigmoid(logit / temperature)."""
 FORMAT_KEY, FORMAT = "histodetect_format", "histodetect-onnx"
 FORMAT_VERSION_KEY, FORMAT_VERSION = "histodetect_format_version", "2"
-READABLE_FORMAT_VERSIONS = ("1", "2")
+UNSEALED_FORMAT_VERSION = "1"
 """Version 2 (8 Dec) is version 1 that is always sealed (`CONTENT_KEY`): a version-2 file without
 a readable seal is damaged, where a version-1 file without one may predate the seal."""
+READABLE_FORMAT_VERSIONS = (UNSEALED_FORMAT_VERSION, FORMAT_VERSION)
 SPEC_KEY = "model_spec"
 """Metadata key of the ModelSpec as JSON (`ModelSpec.to_dict`): the one the backend reads."""
 MODEL_METADATA_KEY = "model_metadata"
@@ -87,7 +88,7 @@ def read_metadata(path: Path, metadata: dict[str, str]) -> tuple[dict[str, Any],
                                "export it with `histodetect export MODEL --format onnx`.")  # fmt: skip
     if metadata.get(FORMAT_VERSION_KEY) not in READABLE_FORMAT_VERSIONS:
         raise HistodetectError(f"{path} was exported in histodetect ONNX format version "
-                               f"{metadata.get(FORMAT_VERSION_KEY)}; this version reads {FORMAT_VERSION}: upgrade histodetect.")  # fmt: skip
+                               f"{metadata.get(FORMAT_VERSION_KEY)}; this version reads {' and '.join(READABLE_FORMAT_VERSIONS)}: upgrade histodetect.")  # fmt: skip
     try:
         spec = json.loads(metadata[SPEC_KEY])
         extra = json.loads(metadata.get(MODEL_METADATA_KEY, "{}"))
@@ -145,6 +146,12 @@ def seal(path: Path) -> None:
     path.write_bytes(data[:start] + digest + data[end:])
 
 
+def _unsealed_sha256(data: bytes, entry: re.Match[bytes]) -> str:
+    """The SHA-256 of `data` with the seal `entry`'s value set back to `UNSEALED`."""
+    start, end = entry.span(1)
+    return hashlib.sha256(data[:start] + UNSEALED.encode() + data[end:]).hexdigest()
+
+
 def check_sealed(path: Path, data: bytes, metadata: dict[str, str]) -> None:
     """Refuse an exported file (`data`, the bytes of `path`; `metadata`, its metadata_props as
     ONNX Runtime read them) changed since export (a disk fault, a cut copy, a hand edit): ONNX
@@ -154,17 +161,10 @@ def check_sealed(path: Path, data: bytes, metadata: dict[str, str]) -> None:
     if metadata.get(FORMAT_KEY) != FORMAT:
         return  # not a histodetect export: `read_metadata` refuses it in its own words
     entries = list(_CONTENT_ENTRY.finditer(data))
-    if not entries:
-        old = metadata.get(FORMAT_VERSION_KEY) == "1" and CONTENT_KEY not in metadata
-        if old:
-            return
-        entries_ok = False
-    else:
-        start, end = entries[-1].span(1)
-        expected = entries[-1].group(1).decode()
-        actual = hashlib.sha256(data[:start] + UNSEALED.encode() + data[end:]).hexdigest()
-        entries_ok = len(entries) == 1 and actual == expected
-    if not entries_ok:
+    version = metadata.get(FORMAT_VERSION_KEY)
+    if not entries and CONTENT_KEY not in metadata and version == UNSEALED_FORMAT_VERSION:
+        return  # exported before the seal
+    if len(entries) != 1 or _unsealed_sha256(data, entries[0]) != entries[0].group(1).decode():
         raise HistodetectError(
             f"{path} is damaged: its bytes no longer match the checksum written when it was "
             "exported; export it again with `histodetect export MODEL --format onnx --out "
