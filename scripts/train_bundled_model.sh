@@ -15,7 +15,8 @@
 # runs in docs/BENCHMARKS.md), within issue 7's 90 minutes: by default generation 2 is taken
 # from git (commit 6172d4c, where it is the bundled file) when this is a clone that has it.
 # GEN2=path/to/model.pt gives it instead; FROM_SCRATCH=1 (or no such commit) trains all three,
-# about six hours; TEACHER=path/to/model.pt then skips generation 1 with a teacher built before.
+# about six hours; TEACHER=path/to/model.pt trains generations 2 and 3 from a generation-1
+# teacher built before.
 # The body is one function, read whole before it runs: bash reads a plain script as it goes, so
 # editing this file during the long run would make it execute shifted text.
 set -euo pipefail
@@ -39,7 +40,7 @@ train() {  # name, then train options
 
 gen2=${GEN2:-}
 previous=6172d4c:src/histodetect/bundled/model.pt  # generation 2, bundled until 8 Dec
-if [ -z "$gen2" ] && [ -z "${FROM_SCRATCH:-}" ] && git cat-file -e "$previous" 2>/dev/null; then
+if [ -z "$gen2" ] && [ -z "${FROM_SCRATCH:-}${TEACHER:-}" ] && git cat-file -e "$previous" 2>/dev/null; then
   gen2="$work/gen2/model.pt"
   mkdir -p "$work/gen2"
   git show "$previous" > "$gen2.part" && mv "$gen2.part" "$gen2"
