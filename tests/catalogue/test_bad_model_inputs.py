@@ -535,6 +535,7 @@ def test_an_onnx_file_changed_after_export_is_refused_not_scored(
     """From a review: 64 KB of one weight tensor overwritten in an exported model.onnx, and
     predict scored with it (exit 0; probabilities 0.14 -> 0.71); a model.pt has its weights'
     SHA-256, an .onnx file had nothing. Export now seals the file with its own SHA-256."""
+    onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from histodetect.inference.predictor import Predictor
@@ -543,8 +544,12 @@ def test_an_onnx_file_changed_after_export_is_refused_not_scored(
     assert main(["export", str(run), "--out", str(good)]) == 0
     Predictor(good, device="cpu")  # sealed and intact: loads
     data = bytearray(good.read_bytes())
+    # inside the largest weight tensor's bytes: the middle of the file could land on a protobuf
+    # tag instead, and the file then failed to parse at all (another message: CI, 8 Dec)
+    biggest = max(onnx.load(str(good)).graph.initializer, key=lambda t: len(t.raw_data)).raw_data
+    in_weights = data.index(biggest[:256]) + len(biggest) // 2
     edits = {
-        "weights": (len(data) // 2, b"\x00\x00\x80\x3f"),
+        "weights": (in_weights, bytes(b ^ 0xFF for b in biggest[len(biggest) // 2 :][:4])),
         "metadata": (data.index(b'"threshold"'), b'"thr'[::-1]),  # in the spec JSON
         # the seal's own entry: its key, or its value made unreadable (the file then looked
         # like an export from before the seal, and loaded unchecked)
