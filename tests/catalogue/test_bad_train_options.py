@@ -152,7 +152,7 @@ def test_a_stopped_run_exits_non_zero_and_keeps_its_checkpoint_for_resume(
 ) -> None:
     """SIGTERM (a scheduler's stop) once ended the run with exit 0 and no model, recorded as a
     success; Ctrl-C ended it with exit 1 and only Lightning's message."""
-    from histodetect.training.fit import _check_resumable
+    from histodetect.training.resume import check_resumable
 
     out = tmp_path / "run"
     ended = _train_then_signal(store, out, signum)
@@ -161,7 +161,7 @@ def test_a_stopped_run_exits_non_zero_and_keeps_its_checkpoint_for_resume(
     assert says in last_line and f"histodetect train --resume {out}" in last_line, last_line
     assert "Traceback" not in ended.stderr
     assert not (out / "summary.json").exists() and not (out / "model.pt").exists()
-    assert _check_resumable(out)[0] == out / "checkpoints" / "last.ckpt"
+    assert check_resumable(out)[0] == out / "checkpoints" / "last.ckpt"
 
 
 def test_sigterm_saves_the_step_it_stopped_at_and_the_run_resumes_from_it(

@@ -306,7 +306,7 @@ def test_a_run_begun_before_input_norm_existed_resumes_without_it(
     resumes the network it was training, not today's default (`instance`)."""
     import torch
 
-    from histodetect.training.fit import _resumed
+    from histodetect.training.resume import resumed
 
     tiny = {"model": "histocnn", "model_kwargs": tiny_model_kwargs("histocnn")}
     config = resolve_config(str(store_path), str(tmp_path / "run"), epochs=1, batch_size=32,
@@ -316,7 +316,7 @@ def test_a_run_begun_before_input_norm_existed_resumes_without_it(
     payload = torch.load(last, weights_only=False)
     assert payload["hyper_parameters"]["spec"]["model_kwargs"].pop("input_norm") == "instance"
     torch.save(payload, last)  # as a checkpoint written before the option existed
-    resumed, _, spec = _resumed(tmp_path / "run")
+    resumed, _, spec = resumed(tmp_path / "run")
     assert spec is not None and spec.model_kwargs["input_norm"] == "none"
     assert resumed.model_kwargs["input_norm"] == "none"
     fit(config, resume=True, progress=False)

@@ -201,7 +201,8 @@ def _init_overrides(args: argparse.Namespace, given: dict[str, Any]) -> dict[str
 def run(args: argparse.Namespace) -> int:
     from histodetect.errors import HistodetectError
     from histodetect.training.config import resolve_config
-    from histodetect.training.fit import fit, resume_config
+    from histodetect.training.fit import fit
+    from histodetect.training.resume import resume_config
 
     if args.resume is not None:
         _refuse_settings_with_resume(args)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import logging
 import os
@@ -24,8 +23,8 @@ from histodetect.data.splits import warn_if_trained_on_another_split
 from histodetect.data.store import PatchStore, open_store
 from histodetect.errors import HistodetectError
 from histodetect.hardware import resolve_precision
-from histodetect.models import ModelSpec, resolved_model_kwargs, stored_model_kwargs
-from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, load_tensors, save_model
+from histodetect.models import ModelSpec, resolved_model_kwargs
+from histodetect.models.checkpoint import MODEL_FILE, load_checkpoint, save_model
 from histodetect.training.config import TrainConfig
 from histodetect.training.data import PatchDataModule
 from histodetect.training.devices import (
@@ -49,6 +48,7 @@ from histodetect.training.interrupt import (
 from histodetect.training.metrics_log import LOG_DIR, merge_parts, set_aside
 from histodetect.training.module import PatchClassifier
 from histodetect.training.progress import EpochSummary
+from histodetect.training.resume import resumed
 from histodetect.training.run_folder import (
     CHECKPOINT_DIR,
     RUN_INFO_FILE,
@@ -197,54 +197,6 @@ def _trainer(config: TrainConfig, run_dir: Path, progress: bool) -> Any:
         raise lightning_refusal(exc, where) from exc
 
 
-def resume_config(run_dir: Path | str) -> TrainConfig:
-    """The config of the run in `run_dir`, pointed at that folder (wherever the run was moved)
-    and at its store (as saved, else the absolute path recorded in run_info.json)."""
-    run_dir = Path(run_dir)
-    config = TrainConfig.load(run_dir)
-    data = config.data
-    info_path = run_dir / RUN_INFO_FILE
-    if not Path(data).is_dir() and info_path.is_file():
-        data = str(read_run_json(info_path).get("store_path", data))
-    return dataclasses.replace(config, out=str(run_dir), data=data)
-
-
-def _check_resumable(run_dir: Path) -> tuple[Path, dict[str, Any] | None]:
-    """The last checkpoint of an unfinished run, and the ModelSpec (as a dict) of the network
-    in it (None for a checkpoint that does not record one).
-
-    Raises:
-        HistodetectError: a finished run, or a missing or damaged last checkpoint.
-    """
-    if (run_dir / SUMMARY_FILE).exists():
-        raise HistodetectError(
-            f"{run_dir} has already finished (see {run_dir / SUMMARY_FILE}); to train longer, "
-            "start a new run with more --epochs."
-        )
-    last = run_dir / CHECKPOINT_DIR / "last.ckpt"
-    if not last.is_file():
-        raise HistodetectError(f"{run_dir} has no checkpoint to resume from ({last} is missing).")
-    payload = load_tensors(last, "restore it or start a new run.")
-    spec = payload.get("hyper_parameters", {}).get("spec", {}) if isinstance(payload, dict) else {}
-    ok = isinstance(spec, dict) and isinstance(spec.get("model_kwargs"), dict)
-    return last, dict(spec) if ok else None
-
-
-def _resumed(run_dir: Path | str) -> tuple[TrainConfig, Path, ModelSpec | None]:
-    """The config to resume `run_dir` with, its last checkpoint, and the ModelSpec it trains
-    (None for an old checkpoint without one). The network and preprocessing are the
-    checkpoint's, not today's defaults or the store's statistics: config.json keeps only the
-    model options given, a builder default may have changed since the run began, and a run
-    from --init keeps that model's mean and std."""
-    config = resume_config(run_dir)
-    ckpt_path, trained = _check_resumable(Path(run_dir))
-    if trained is None:
-        return config, ckpt_path, None
-    kwargs = stored_model_kwargs(str(trained.get("model_name")), trained["model_kwargs"])
-    config = dataclasses.replace(config, model_kwargs=kwargs)
-    return config, ckpt_path, ModelSpec.from_dict({**trained, "model_kwargs": kwargs})
-
-
 def check_trainable(config: TrainConfig, store: PatchStore, dm: PatchDataModule) -> None:
     """Refuse, before any folder is made, data that cannot train a classifier.
 
@@ -300,7 +252,7 @@ def _fit(config: TrainConfig, resume: bool, progress: bool) -> FitResult:
     ckpt_path = None
     resumed_spec = None
     if resume:
-        config, ckpt_path, resumed_spec = _resumed(config.out)
+        config, ckpt_path, resumed_spec = resumed(config.out)
     run_dir = Path(config.out)
     store = open_store(config.data)
     L.seed_everything(config.seed, workers=False, verbose=False)
