@@ -55,3 +55,32 @@ def test_limits_refuse_a_queue_smaller_than_a_request() -> None:
     assert ServeLimits().body_limit_bytes("/v1/slides") > ServeLimits().body_limit_bytes(
         "/v1/predict"
     )
+
+
+def test_a_jobs_dir_in_use_by_another_server_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one --jobs-dir: the second took over the first's running jobs as
+    stopped ones (and deleted their uploads); now it is refused before any port is taken."""
+    import fcntl
+    import os
+
+    from histodetect.atomic import _lock_path
+    from histodetect.serve import server
+
+    def served(*args: object) -> None:
+        raise AssertionError("a second server was started on the same --jobs-dir")
+
+    monkeypatch.setattr(server, "run_server", served)
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    # the first server's lock, taken as another process does (output_lock is re-entrant)
+    held = os.open(_lock_path(jobs.resolve()), os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert main(["serve", "--device", "cpu", "--port", "0", "--jobs-dir", str(jobs)]) == 2
+    finally:
+        os.close(held)
+    err = capsys.readouterr().err.strip()
+    assert f"--jobs-dir {jobs} is in use by another histodetect serve" in err, err
+    assert len(err.splitlines()) == 1

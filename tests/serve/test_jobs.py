@@ -245,3 +245,65 @@ def test_a_job_still_queued_at_shutdown_fails_and_its_upload_goes(
     status = client.get(f"/v1/jobs/{job.id}").json()
     assert status["status"] == "failed" and "server stopped" in status["error"]
     assert not upload.exists()
+
+
+def test_a_server_restarted_on_its_jobs_dir_still_serves_the_jobs_before(
+    make_client: Any, slides_dir: Path, tmp_path: Path
+) -> None:
+    """From a review: a server restarted with the same --jobs-dir knew none of the earlier
+    jobs (404 for a finished slide's results) and never deleted their folders; a job cut off by
+    the stop kept its upload (up to --max-slide-mb) for ever."""
+    import shutil
+
+    jobs_dir = tmp_path / "jobs"
+    first = make_client(jobs_dir=jobs_dir)
+    files = {"file": ("my slide.tif", (slides_dir / "layout.tif").read_bytes(), "image/tiff")}
+    done = wait_for(first, first.post("/v1/slides", files=files, data=STRIDE).json()["url"])
+    assert done["status"] == "done", done
+    cut = first.app.state.context.jobs.create("cut off.tif")  # never started: as if killed
+    (cut.folder / "upload").mkdir()
+    shutil.copy(slides_dir / "layout.tif", cut.folder / "upload" / "cut off.tif")
+    # a finished job's folder from before job.json was kept
+    old = jobs_dir / ("0" * 32)
+    shutil.copytree(jobs_dir / done["id"], old)
+    (old / "job.json").unlink()
+    mine = jobs_dir / "notes"  # not a job's folder: never touched
+    mine.mkdir()
+    (mine / "keep.txt").write_text("mine")
+
+    second = make_client(jobs_dir=jobs_dir)
+    again = second.get(f"/v1/jobs/{done['id']}").json()
+    assert again == done
+    overlay = second.get(again["links"]["overlay"])
+    assert overlay.status_code == 200 and overlay.content.startswith(b"\x89PNG")
+    assert second.get(again["links"]["summary"]).json() == done["summary"]
+    stopped = second.get(f"/v1/jobs/{cut.id}").json()
+    assert stopped["status"] == "failed" and stopped["slide"] == "cut off.tif"
+    assert "server stopped" in stopped["error"] and not (cut.folder / "upload").exists()
+    before = second.get(f"/v1/jobs/{old.name}").json()
+    assert before["status"] == "done" and before["slide"] == "my slide.tif"
+    assert before["summary"] == done["summary"]
+    assert (mine / "keep.txt").read_text() == "mine"
+
+
+def test_jobs_taken_over_at_a_restart_are_still_deleted_oldest_first(
+    make_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histodetect.serve import jobs as jobs_module
+
+    jobs_dir = tmp_path / "jobs"
+    for n, created in enumerate([30.0, 10.0, 20.0, "damaged"]):
+        folder = jobs_dir / f"{n:032x}"
+        (folder / "result" / "partial").mkdir(parents=True)
+        state = {"id": folder.name, "slide": f"s{n}.tif", "status": "failed", "stage": "failed",
+                 "tiles_scored": 0, "tiles_total": None, "error": "x", "summary": None,
+                 "created_s": created, "result": None}  # fmt: skip
+        (folder / "job.json").write_text(json.dumps(state))
+    monkeypatch.setattr(jobs_module, "KEEP_FINISHED", 2)
+    client = make_client(jobs_dir=jobs_dir)
+    left = sorted(p.name for p in jobs_dir.iterdir())
+    # the damaged job.json is taken by its folder's time (now): newest, kept with created 30
+    assert left == [f"{0:032x}", f"{3:032x}"], left
+    damaged = client.get(f"/v1/jobs/{3:032x}").json()
+    assert damaged["status"] == "failed" and "server stopped" in damaged["error"]
+    assert not (jobs_dir / f"{3:032x}" / "result").exists()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from histodetect.cli import options
 
@@ -61,7 +63,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--jobs-dir",
         type=Path,
-        help="folder for slide results (default: a temporary folder deleted on exit)",
+        help="folder for slide results, kept across restarts (default: a temporary folder deleted on "
+        "exit); one server per folder",
     )
     options.add_inference(parser)
 
@@ -70,13 +73,46 @@ def run(args: argparse.Namespace) -> int:
     from histodetect.serve.server import require_serve_extra
 
     require_serve_extra()
-    from histodetect.inference.predictor import Predictor
-    from histodetect.serve.app import create_app
-    from histodetect.serve.server import bind_socket, run_server, url_of
+    from histodetect.serve.server import bind_socket
 
     limits = _checked_limits(args)
-    sock = bind_socket(args.host, args.port)  # a busy port fails before the model loads
+    with _jobs_dir_lock(args.jobs_dir):
+        return _serve(args, limits, bind_socket(args.host, args.port))
+
+
+@contextlib.contextmanager
+def _jobs_dir_lock(jobs_dir: Path | None) -> Iterator[None]:
+    """Hold --jobs-dir for this server alone: a second server on it took over the first's
+    running jobs as stopped ones and deleted their uploads under them."""
+    from histodetect.atomic import output_lock
+    from histodetect.errors import HistodetectError
+
+    if jobs_dir is None:
+        yield
+        return
+    lock = output_lock(jobs_dir.resolve())
     try:
+        lock.__enter__()
+    except HistodetectError as exc:
+        if "another histodetect process" not in str(exc):
+            raise
+        raise HistodetectError(
+            f"--jobs-dir {jobs_dir} is in use by another histodetect serve; give each server "
+            "its own --jobs-dir, or stop the other one first."
+        ) from None
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _serve(args: argparse.Namespace, limits: ServeLimits, sock: Any) -> int:
+    """Load the model, then answer on `sock` until stopped."""
+    from histodetect.inference.predictor import Predictor
+    from histodetect.serve.app import create_app
+    from histodetect.serve.server import run_server, url_of
+
+    try:  # a busy port failed before the model loads
         predictor = Predictor(
             args.model,
             tta=args.tta,

@@ -7,8 +7,10 @@ model, so patch requests keep being answered while a slide is scored.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import shutil
 import threading
 import time
@@ -43,6 +45,12 @@ OUTPUT_FILES = {
 """Link name -> file of a finished slide result (see `slides.outputs`)."""
 KEEP_FINISHED = 100
 """Finished jobs remembered (oldest forgotten first, their folders deleted)."""
+JOB_FILE = "job.json"
+"""Where a job's state is kept in its folder, so a server restarted on the same --jobs-dir
+still answers for the jobs of the one before."""
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+"""The folder names this server gives jobs (uuid4 hex); nothing else in --jobs-dir is touched."""
+_SAVED = ("id", "slide", "status", "stage", "tiles_scored", "tiles_total", "error", "summary")
 
 
 @dataclass
@@ -83,6 +91,56 @@ class SlideJob:
             return 0.0
         return min(1.0, self.tiles_scored / self.tiles_total)
 
+    def save(self) -> None:
+        """Write the job's state to its folder's job.json (temporary name, then rename)."""
+        from histodetect.atomic import write_text_atomic
+
+        state: dict[str, Any] = {key: getattr(self, key) for key in _SAVED}
+        state["created_s"] = self.created_s
+        state["result"] = None if self.result is None else self.result.name
+        write_text_atomic(self.folder / JOB_FILE, json.dumps(state, indent=2) + "\n")
+
+    @classmethod
+    def restored(cls, folder: Path) -> SlideJob:
+        """The job an earlier server left in `folder`: finished as it was; one it never
+        finished (queued or running when it stopped, or killed) is failed, and its upload and
+        partial results are deleted. A folder from before job.json is done if its result has a
+        summary.json (written last, as the job's public summary)."""
+        try:
+            state = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
+            job = cls(folder=folder, **{key: state[key] for key in _SAVED})
+            job.created_s = float(state["created_s"])
+            result = state["result"]
+            if not isinstance(job.summary, dict | None) or not isinstance(result, str | None):
+                raise TypeError("not a job's state")
+        except (OSError, ValueError, KeyError, TypeError):  # from before job.json, or damaged
+            job, result = cls(folder.name, "unknown slide", folder), None
+            job.created_s = folder.stat().st_mtime
+            for summary_file in sorted(folder.glob(f"result/*/{OUTPUT_FILES['summary']}")):
+                job.status = job.stage = "done"
+                result = summary_file.parent.name
+                with contextlib.suppress(OSError, ValueError, AttributeError):
+                    job.summary = json.loads(summary_file.read_text(encoding="utf-8"))
+                    job.slide = str(job.summary.get("slide", job.slide))
+        job.id = folder.name
+        if job.status == "done":
+            job.result = folder / "result" / str(result)
+            if (
+                not isinstance(job.summary, dict)
+                or not (job.result / OUTPUT_FILES["summary"]).is_file()
+            ):
+                job.result = None
+                job.error = "the slide's results were deleted from the server; submit it again."
+                job.status = job.stage = "failed"
+        elif job.status != "failed":
+            job.error = "the server stopped before the slide was done; submit it again."
+            job.status = job.stage = "failed"
+        if job.status == "failed":
+            job.summary, job.result = None, None
+            for part in ("upload", "result"):
+                shutil.rmtree(folder / part, ignore_errors=True)
+        return job
+
 
 class SlideJobs:
     """Slide jobs run one at a time on a worker thread, at most `max_jobs` waiting or running.
@@ -104,6 +162,21 @@ class SlideJobs:
         self._jobs: OrderedDict[str, SlideJob] = OrderedDict()
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="slide-job")
+        self._restore()
+
+    def _restore(self) -> None:
+        """Take over the jobs an earlier server left in jobs_dir (oldest first), so their
+        status and outputs are still served and the oldest are still deleted in turn (they were
+        kept for ever, unknown to the new server); folders not named as a job are left alone."""
+        if not self.jobs_dir.is_dir():
+            return
+        folders = [p for p in self.jobs_dir.iterdir() if p.is_dir() and _JOB_ID.fullmatch(p.name)]
+        for job in sorted(map(SlideJob.restored, folders), key=lambda job: job.created_s):
+            self._jobs[job.id] = job
+            self._save(job)
+        if folders:
+            LOG.info("took over %d slide jobs from %s", len(folders), self.jobs_dir)
+        self._forget_old()
 
     def _active(self) -> int:
         """Jobs waiting or running (the caller holds the lock)."""
@@ -123,6 +196,7 @@ class SlideJobs:
             job_id = uuid.uuid4().hex
             job = SlideJob(job_id, slide, self.jobs_dir / job_id)
             job.folder.mkdir(parents=True)
+            self._save(job)
             self._jobs[job_id] = job
             self._forget_old()
         return job
@@ -164,6 +238,7 @@ class SlideJobs:
             job.error = "the server stopped before the slide was analysed; submit it again."
             job.status = job.stage = "failed"
             shutil.rmtree(job.folder / "upload", ignore_errors=True)
+            self._save(job)
 
     def _forget_old(self) -> None:
         finished = [job for job in self._jobs.values() if job.status in ("done", "failed")]
@@ -212,6 +287,15 @@ class SlideJobs:
         finally:
             if uploaded:
                 slide.unlink(missing_ok=True)
+            self._save(job)
+
+    @staticmethod
+    def _save(job: SlideJob) -> None:
+        """Keep a finished job's state; a disk that cannot take it only costs the restart."""
+        try:
+            job.save()
+        except OSError as exc:
+            LOG.error("slide job %s could not save its state", job.id, exc_info=exc)
 
 
 class JobPredictor(Predictor):
