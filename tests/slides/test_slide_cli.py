@@ -140,6 +140,62 @@ def test_rerun_skips_finished_slides(
     assert (tiff_result / "summary.json").stat().st_mtime_ns == before
 
 
+def test_a_rerun_at_another_mpp_says_the_kept_result_was_made_otherwise(
+    tiff_result: Path, tiff_slide: LayoutSlide, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a bad-input hunt: a rerun with a corrected --mpp (0.5 against the 0.972 of the
+    first run: 2,071 tiles against 8,010) kept the wrong result without a word."""
+    before = (tiff_result / "summary.json").stat().st_mtime_ns
+    argv = [str(tiff_slide.path), "--out", str(tiff_result.parent), "--reader", "tifffile"]
+    assert _run([*argv, "--mpp", "0.25"]) == 0
+    captured = capsys.readouterr()
+    assert "already done, skipped" in captured.out
+    assert captured.err.strip() == (
+        f"note: {tiff_result} was made with the slide's own 0.486 µm/px, not what this run "
+        "asks; --overwrite redoes it so."
+    )
+    assert _run([*argv, "--mpp", "0.486"]) == 0  # what the slide records: no note
+    assert capsys.readouterr().err == ""
+    assert (tiff_result / "summary.json").stat().st_mtime_ns == before
+
+
+def test_one_unreadable_slide_fails_alone_and_the_others_go_on(
+    tiff_slide: LayoutSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a bad-input hunt: one truncated slide in a batch stopped it before any slide was
+    analysed, where the README says a failing slide is reported and the others go on."""
+    cut = _bad_slide("truncated", tmp_path, tiff_slide.path)
+    out = tmp_path / "out"
+    argv = [str(cut), str(tiff_slide.path), "--out", str(out), "--stride-px", "96"]
+    assert _run([*argv, "--reader", "tifffile"]) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert err.startswith(f"histodetect slide: error: {cut} ") and len(err.splitlines()) == 1
+    assert "1 failed" in captured.out
+    assert [p.name for p in out.iterdir()] == ["layout"]
+    assert json.loads((out / "layout" / "summary.json").read_text())["n_tiles"] > 0
+
+
+def test_a_file_where_a_slide_result_goes_is_refused_before_any_work(
+    tiff_slide: LayoutSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """From a bad-input hunt: a user's file `OUT/layout` stopped the batch midway with "cannot
+    use OUT/.layout.tmp-...: Not a directory", a temporary folder the user never named."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "layout").write_text("mine\n")
+    assert _run([str(tiff_slide.path), "--out", str(out), "--stride-px", "96"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"histodetect slide: error: {out / 'layout'} is a file, not a slide result, where "
+        f"{tiff_slide.path}'s results go; move it away or choose another --out (nothing was "
+        "changed)."
+    )
+    assert (out / "layout").read_text() == "mine\n" and [p.name for p in out.iterdir()] == [
+        "layout"
+    ]
+
+
 def test_overwrite_replaces_a_finished_result_only(
     tiff_result: Path, tiff_slide: LayoutSlide, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

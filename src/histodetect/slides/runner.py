@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import tempfile
@@ -97,12 +98,17 @@ def check_out(out: Path) -> None:
         ) from None
 
 
-def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> None:
-    """Open every slide and check its resolution before any work, so a typo fails at once.
+def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> dict[Path, str]:
+    """Open every slide and check its resolution and its output folder before any work.
+
+    Returns:
+        The slides that cannot be analysed (missing, unsupported or unreadable, or without a
+        resolution and no --mpp), each with its sentence, when others can: those go on (a
+        damaged slide stopped the whole batch, against the README's word).
 
     Raises:
-        HistodetectError: a missing, unsupported or unreadable slide, a slide without
-            resolution and no --mpp, or two slides that would share an output folder.
+        HistodetectError: every slide cannot be analysed (the first one's sentence), two
+            slides that would share an output folder, or an output folder in the way.
     """
     require_shapely()
     folders: dict[str, Path] = {}
@@ -115,6 +121,11 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
             )
         folders[name] = path
         folder = out / name
+        if folder.exists() and not folder.is_dir():
+            raise HistodetectError(
+                f"{folder} is a file, not a slide result, where {path}'s results go; move it "
+                "away or choose another --out (nothing was changed)."
+            )
         own, finished = is_own_result(folder), is_finished(folder)
         unfinished = folder.is_dir() and not finished and any(folder.iterdir())
         if unfinished and own and not options.overwrite:
@@ -135,8 +146,16 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> Non
                 "--overwrite will not replace it; move that away or choose another --out "
                 "(nothing was changed)."
             )
-        with open_slide(path, options.reader) as reader:
-            resolve_slide_mpp(reader, options.mpp)
+    unreadable: dict[Path, str] = {}
+    for path in paths:
+        try:
+            with open_slide(path, options.reader) as reader:
+                resolve_slide_mpp(reader, options.mpp)
+        except HistodetectError as exc:
+            unreadable[path] = str(exc)
+    if unreadable and len(unreadable) == len(paths):
+        raise HistodetectError(next(iter(unreadable.values())))
+    return unreadable
 
 
 def run_slides(
@@ -154,13 +173,16 @@ def run_slides(
     that differs from this run), so a run stopped later has said what it did.
     """
     check_stride(options.stride_px, predictor.spec.patch_size_px)  # once, not once per slide
-    check_slides(paths, out, options)
+    unreadable = check_slides(paths, out, options)
     created = not out.exists()  # removed again if nothing is written into it
     check_out(out)
     outcome = SlidesOutcome()
     model = _model_info(predictor)
+    for sentence in unreadable.values():
+        outcome.failed.append(sentence)
+        print(f"histodetect slide: error: {sentence}", file=sys.stderr)
     try:
-        for path in paths:
+        for path in (path for path in paths if path not in unreadable):
             folder = out / slide_folder_name(path)
             kept = None if options.overwrite else finished_summary(folder)
             if kept is not None:
@@ -216,6 +238,7 @@ def _made_otherwise(
     said = []
     if "stride_px" in summary and summary["stride_px"] != options.stride_px:
         said.append(f"--stride-px {summary['stride_px']}")
+    said.extend(_mpp_otherwise(summary, options.mpp))
     if "tta" in kept and kept["tta"] != model["tta"]:
         said.append("--tta" if kept["tta"] else "no --tta")
     if "path" in kept and Path(str(kept["path"])).resolve() != Path(model["path"]).resolve():
@@ -223,6 +246,19 @@ def _made_otherwise(
     elif any(key in kept and kept[key] != model[key] for key in ("threshold", "temperature")):
         said.append("the model before it was recalibrated")
     return said
+
+
+def _mpp_otherwise(summary: dict[str, Any], mpp: float | None) -> list[str]:
+    """The resolution a kept result was made at, where this run's --mpp (or its absence)
+    asks another: a rerun with a corrected --mpp kept the wrong result without a word."""
+    kept, source = summary.get("slide_mpp"), summary.get("slide_mpp_source")
+    if not isinstance(kept, int | float) or isinstance(kept, bool):
+        return []
+    if mpp is not None and not math.isclose(kept, mpp, rel_tol=1e-6):
+        return [f"--mpp {kept:g}" if source == "--mpp" else f"the slide's own {kept:g} µm/px"]
+    if mpp is None and source == "--mpp":
+        return [f"--mpp {kept:g}"]
+    return []
 
 
 def _model_info(predictor: Predictor) -> dict[str, Any]:
