@@ -11,6 +11,7 @@ from histodetect.data.quality import (
     LABEL_CONFLICT,
     MISSING_IMAGE,
     MISSING_LABEL,
+    MISSING_SLIDE,
 )
 from histodetect.data.sources import (
     CsvListSource,
@@ -67,6 +68,39 @@ def test_kaggle_slides_file_is_used(tmp_path: Path, rng: np.random.Generator) ->
     assert sorted(slides) == ["s0", "s0", "s1", "s1"]
     with pytest.raises(HistodetectError, match="does not exist"):
         KaggleSource(tmp_path, slides_csv=tmp_path / "nope.csv")
+
+
+def test_patches_the_slides_file_does_not_name_are_reported(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """From a bad-input hunt: with `--slides` naming 10 of 15 patches, ingest said "No
+    problems found"; the blanks then made train fall back to a random split in silence."""
+    ids = make_kaggle(tmp_path, rng, n_train=4, n_test=0)
+    slides = tmp_path / "slides.csv"
+    slides.write_text(f"id,slide\n{ids[0]},s0\n{ids[1]},s1\n{ids[2]},\n")
+    source = KaggleSource(tmp_path, slides_csv=slides)
+    missing = sorted(Path(p.origin).stem for p in source.problems if p.kind == MISSING_SLIDE)
+    assert missing == sorted(ids[2:]), source.problems
+    assert "random split" in source.problems[0].reason
+    assert sorted(_all(source)[3]) == ["", "", "s0", "s1"]  # kept, without a slide
+
+
+def test_images_outside_the_label_folders_are_reported(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    """From a bad-input hunt: images beside the split folders, in a folder without label
+    folders, or beside the label folders were left out with no word in the report."""
+    for split in ("Train", "Val"):
+        for label in ("0", "1"):
+            save_image(tmp_path / split / label / "a.png", random_patch(rng))
+    loose = [tmp_path / "loose.jpg", tmp_path / "extra" / "b.png", tmp_path / "Train" / "c.tif"]
+    for path in loose:
+        save_image(path, random_patch(rng))
+    (tmp_path / "Train" / "notes.txt").write_text("not an image\n")
+    source = FolderSource(tmp_path)
+    reported = sorted(p.origin for p in source.problems if p.kind == MISSING_LABEL)
+    assert reported == sorted(map(str, loose)), source.problems
+    assert len(_all(source)[1]) == 4
 
 
 def test_folders_with_and_without_split_level(tmp_path: Path, rng: np.random.Generator) -> None:

@@ -25,6 +25,7 @@ NAME_MISMATCH = "name_mismatch"  # a Kaggle file whose name is not the SHA-1 of 
 CROSS_SPLIT_DUPLICATE = "cross_split_duplicate"
 LABEL_CONFLICT = "label_conflict"  # the same pixels labelled 0 and 1: kept unlabelled, flagged
 SPLIT_NAME = "split_name"  # a split spelled otherwise (Val -> valid) or one train does not know
+MISSING_SLIDE = "missing_slide"  # a patch the --slides file does not name: kept, no slide id
 AMBIGUOUS_ID = "ambiguous_id"  # two Kaggle files with one id (<id>.tif and <id>.tiff): neither used
 
 # Outlier flags: thresholds on the grey level (mean of R, G, B; 0..255) of a whole patch.

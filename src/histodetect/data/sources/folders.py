@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from histodetect.data.quality import BAD_LABEL, Problem
+from histodetect.data.quality import BAD_LABEL, MISSING_LABEL, Problem
 from histodetect.data.sources.base import FileEntry, FileListSource
 from histodetect.data.sources.image_file import IMAGE_SUFFIXES
 from histodetect.errors import HistodetectError
@@ -16,7 +16,8 @@ class FolderSource(FileListSource):
     """Images sorted into label folders `0` and `1`, optionally inside split folders.
 
     `pcam-subset/train/1/patch0000012.jpg` is label 1 of split `train`. Folders with other
-    names at the label level are reported as bad labels; loose files are ignored.
+    names at the label level are reported as bad labels; images outside the label folders
+    are reported as unlabelled (they were left out in silence); other files are ignored.
     """
 
     format_name = "folders"
@@ -26,6 +27,7 @@ class FolderSource(FileListSource):
         if has_label_folders(root):
             self._list_split(root, "")
         else:
+            self._report_loose(root)
             for split_dir in _subdirs(root):
                 self._list_split(split_dir, split_dir.name)
         if not self.entries and not self.problems:
@@ -34,7 +36,15 @@ class FolderSource(FileListSource):
                 "(expected <root>/[<split>/]<label>/*.png|jpg|tif)."
             )
 
+    def _report_loose(self, folder: Path) -> None:
+        """Images directly in `folder`, where only label (or split) folders belong."""
+        for path in sorted(folder.iterdir(), key=lambda p: p.name):
+            if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+                reason = "an image outside the label folders 0/ and 1/, so it has no label; skipped"
+                self.problems.append(Problem(str(path), MISSING_LABEL, reason))
+
     def _list_split(self, folder: Path, split: str) -> None:
+        self._report_loose(folder)
         for label_dir in _subdirs(folder):
             label = LABEL_FOLDERS.get(label_dir.name)
             if label is None:

@@ -10,6 +10,7 @@ from histodetect.data.quality import (
     LABEL_CONFLICT,
     MISSING_IMAGE,
     MISSING_LABEL,
+    MISSING_SLIDE,
     Problem,
 )
 from histodetect.data.sources.base import FileEntry, FileListSource
@@ -17,6 +18,10 @@ from histodetect.data.sources.labels_csv import parse_label, read_csv_rows
 from histodetect.errors import HistodetectError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
+NO_SLIDE = (
+    "not in the slide file (or its slide is empty): kept without a slide, so the store cannot "
+    "be split by slide and train falls back to a random split"
+)
 SLIDES_FILE = "train_slides.csv"
 """Optional `id,slide` file beside train_labels.csv (e.g. the community's patch-to-WSI map)."""
 
@@ -54,6 +59,8 @@ class KaggleSource(FileListSource):
                 origin = f"{labels_csv.name}:{pid}"
                 self.problems.append(Problem(origin, MISSING_IMAGE, f"no image train/{pid}.tif"))
                 continue
+            if slides and not slides.get(pid):
+                self.problems.append(Problem(str(files[pid]), MISSING_SLIDE, NO_SLIDE))
             self.entries.append(
                 FileEntry(files[pid], label, "train", slides.get(pid, ""), named_by_id=True)
             )
