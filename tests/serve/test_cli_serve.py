@@ -13,10 +13,25 @@ from histodetect.serve.limits import ServeLimits
 from histodetect.serve.server import bind_socket, url_of
 
 
-def test_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_refusals_are_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from histodetect.serve import server
+
+    def served(*args: object) -> None:
+        raise AssertionError("a refused serve was started")
+
+    monkeypatch.setattr(server, "run_server", served)  # a missed refusal fails, not hangs
     ckpt = tmp_path / "last.ckpt"
     ckpt.write_bytes(b"not used")
+    store = tmp_path / "store"  # what makes a folder a store to every check: its header
+    store.mkdir()
+    (store / "header.json").write_text('{"format_version": 1, "fingerprint": "0"}')
     cases = [
+        # from a bad-input hunt: slide jobs were written into a patch store, which ingest
+        # --overwrite then refused to replace; a file gave "cannot use ...: File exists"
+        (["--jobs-dir", str(store / "jobs")], "lies inside the patch store"),
+        (["--jobs-dir", str(ckpt)], f"--jobs-dir {ckpt} is a file; give a folder."),
         (["--slides-dir", str(tmp_path / "missing")], "--slides-dir"),
         (["--model", str(ckpt)], "training checkpoint"),
         (["--max-images", "0"], "--max-images"),
@@ -25,7 +40,7 @@ def test_refusals_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--host", "no-such-host.invalid"], "--host"),
     ]
     for extra, words in cases:
-        assert main(["serve", "--device", "cpu", *extra]) == 2, extra
+        assert main(["serve", "--device", "cpu", "--port", "0", *extra]) == 2, extra
         err = capsys.readouterr().err.strip()
         assert err.startswith("histodetect serve: error: ") and words in err, err
         assert len(err.splitlines()) == 1

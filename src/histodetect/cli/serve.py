@@ -156,5 +156,10 @@ def _checked_limits(args: argparse.Namespace) -> ServeLimits:
             "loads exported weights only: give the run's model.pt."
         )
     if args.jobs_dir is not None:
+        from histodetect.data.store import check_not_in_store
+
+        if args.jobs_dir.exists() and not args.jobs_dir.is_dir():
+            raise HistodetectError(f"--jobs-dir {args.jobs_dir} is a file; give a folder.")
+        check_not_in_store(args.jobs_dir, "slide job results", "--jobs-dir")
         args.jobs_dir.mkdir(parents=True, exist_ok=True)
     return limits

@@ -280,7 +280,7 @@ def looks_like_store(folder: Path) -> bool:
     return header is not None and "fingerprint" in header
 
 
-def check_not_in_store(out: Path, what: str) -> None:
+def check_not_in_store(out: Path, what: str, option: str = "--out") -> None:
     """Refuse an --out that is a patch store or lies anywhere inside one: a store holds only
     what ingest wrote, and a folder of other outputs in it made `ingest --overwrite` refuse to
     replace the store ("holds something histodetect did not write").
@@ -295,7 +295,7 @@ def check_not_in_store(out: Path, what: str) -> None:
                 "is the patch store" if folder == path else f"lies inside the patch store {folder},"
             )
             raise HistodetectError(
-                f"--out {out} {where} which holds only what ingest wrote; write the {what} "
+                f"{option} {out} {where} which holds only what ingest wrote; write the {what} "
                 "elsewhere."
             )
 
