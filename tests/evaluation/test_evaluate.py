@@ -195,3 +195,40 @@ def test_calibrate_command_saves_into_the_model(
         model_file, store, model_file.parent / "r", EvaluateOptions(split="test", n_boot=20)
     )
     assert m["split_role"] == "held-out split" and m["threshold"] == pytest.approx(0.35)
+
+
+def test_shift_intervals_use_the_bootstrap_asked_for(
+    store: Path, model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a bad-input hunt: `--shift` intervals always drew 200 resamples, whatever
+    `--bootstrap` said (the main interval followed it)."""
+    from histodetect.evaluation import metrics
+
+    drawn = []
+    real = metrics.bootstrap_auc_ci
+
+    def counted(labels: object, probs: object, n_boot: int = 1000, **kw: object) -> object:
+        drawn.append(n_boot)
+        return real(labels, probs, n_boot, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(metrics, "bootstrap_auc_ci", counted)
+    opts = EvaluateOptions(split="test", n_boot=37, shifts=("blur", "jpeg"))
+    evaluate(model_file, store, tmp_path / "rep", opts)
+    assert drawn and set(drawn) == {37}, drawn
+
+
+@pytest.mark.parametrize(
+    "text, names",
+    [(None, ()), ("blur", ("blur",)), ("blur, jpeg,blur", ("blur", "jpeg")), ("all", "ALL"),
+     ("all,blur", "ALL"), ("", None), (",", None), ("all,fog", None)],
+)  # fmt: skip
+def test_shift_names(text: str | None, names: object) -> None:
+    """From a bad-input hunt: `--shift all,blur` was "unknown shift all", and `--shift ''` ran
+    no shift in silence while `--shift ,` was refused."""
+    from histodetect.evaluation.shifts import SHIFTS, parse_shifts
+
+    if names is None:
+        with pytest.raises(HistodetectError, match="--shift"):
+            parse_shifts(text)
+    else:
+        assert parse_shifts(text) == (tuple(SHIFTS) if names == "ALL" else names)

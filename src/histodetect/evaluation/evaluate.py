@@ -337,7 +337,7 @@ def _shift_robustness(loaded: Evaluated, store: PatchStore, split: EvalSplit,
         return probabilities(logits, loaded.spec.temperature)
 
     pixels = store.read(split.indices)
-    results = shifted_aucs(score, pixels, labels, opts.shifts, opts.shift_seed)
+    results = shifted_aucs(score, pixels, labels, opts.shifts, opts.shift_seed, opts.n_boot)
     return {"seed": opts.shift_seed, "results": results}
 
 

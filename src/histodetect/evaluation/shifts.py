@@ -93,16 +93,17 @@ SHIFTS: dict[str, ShiftFn] = {
 
 
 def parse_shifts(text: str | None) -> tuple[str, ...]:
-    """`--shift` value -> shift names: a comma list of `SHIFTS` names, `all`, or None/"" = none.
+    """`--shift` value -> shift names: a comma list of `SHIFTS` names and `all` (every one),
+    or None = none.
 
     Raises:
-        HistodetectError: On an unknown name, naming the valid ones.
+        HistodetectError: On an unknown name or an empty value, naming the valid ones.
     """
-    if not text:
+    if text is None:
         return ()
     names = [t.strip() for t in text.split(",") if t.strip()]
-    if names == ["all"]:
-        return tuple(SHIFTS)
+    if "all" in names:  # `all,blur` is every shift, as `all` is
+        names = [*SHIFTS, *(n for n in names if n != "all")]
     unknown = [n for n in names if n not in SHIFTS]
     if unknown or not names:
         raise HistodetectError(
