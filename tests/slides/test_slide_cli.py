@@ -408,6 +408,8 @@ def test_slides_of_more_than_8_bits_are_refused_in_one_sentence(
         ("glass", ["--shard", "3/2"], "--shard '3/2' must be i/n"),
         ("glass", ["--stride-px", "31"], "--stride-px must lie in 1..96"),
         ("glass", ["--mpp", "0"], "--mpp 0.0 is not a microscope resolution"),
+        # from a bad-input hunt: "{slide} records 90 µm/px", the user's --mpp, not the file's
+        ("glass", ["--mpp", "90"], "--mpp 90 is 93x coarser than the model's 0.972 µm/px"),
     ],
 )
 def test_bad_input_is_one_sentence_and_leaves_nothing(

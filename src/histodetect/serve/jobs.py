@@ -337,8 +337,11 @@ def count_tissue_tiles(slide: Path, spec: ModelSpec, options: SlideOptions) -> i
     from histodetect.slides.tiling import plan_grid
 
     with open_slide(slide, options.reader) as reader:
-        slide_mpp, _ = resolve_slide_mpp(reader, options.mpp)
-        grid = plan_grid(reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px)
+        slide_mpp, source = resolve_slide_mpp(reader, options.mpp)
+        grid = plan_grid(
+            reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px,
+            mpp_given=source == "--mpp",
+        )  # fmt: skip
         _, _, fractions = mask_cells(reader, grid, mask_px_per_cell(grid))
     return int((fractions >= MIN_TISSUE_FRACTION).sum())
 
@@ -391,7 +394,10 @@ def check_slide(slide: Path, name: str, spec: ModelSpec, options: SlideOptions) 
     try:
         require_shapely()
         with open_slide(slide, options.reader) as reader:
-            slide_mpp, _ = resolve_slide_mpp(reader, options.mpp)
-            plan_grid(reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px)
+            slide_mpp, source = resolve_slide_mpp(reader, options.mpp)
+            plan_grid(
+                reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px,
+                mpp_given=source == "--mpp",
+            )  # fmt: skip
     except HistodetectError as exc:
         raise ApiError(422, api_wording(str(exc).replace(str(slide), name)), name) from None

@@ -133,7 +133,10 @@ def analyse_slide(
     start = time.perf_counter()
     slide_mpp, source = resolve_slide_mpp(reader, mpp)
     spec = predictor.spec
-    grid = plan_grid(reader, slide_mpp, model_mpp(spec), stride_px, spec.patch_size_px)
+    grid = plan_grid(
+        reader, slide_mpp, model_mpp(spec), stride_px, spec.patch_size_px,
+        mpp_given=source == "--mpp",
+    )  # fmt: skip
     times = StageTimes()
     k = mask_px_per_cell(grid)
     thumbnail, mask, fractions = mask_cells(reader, grid, k)

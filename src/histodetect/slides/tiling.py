@@ -105,9 +105,16 @@ default stride of 32 and 132 M at 2 (its tissue mask alone would need some 25 GB
 
 
 def plan_grid(
-    reader: SlideReader, slide_mpp: float, model_mpp: float, stride_px: int, patch_size_px: int
+    reader: SlideReader,
+    slide_mpp: float,
+    model_mpp: float,
+    stride_px: int,
+    patch_size_px: int,
+    *,
+    mpp_given: bool = False,
 ) -> Grid:
-    """The cell grid of a slide, read from the level nearest the model's resolution.
+    """The cell grid of a slide, read from the level nearest the model's resolution
+    (`mpp_given`: `slide_mpp` came from --mpp, not from the slide).
 
     Raises:
         HistodetectError: an unusable --stride-px, or a slide smaller than one cell.
@@ -115,6 +122,12 @@ def plan_grid(
     check_stride(stride_px, patch_size_px)
     f = model_mpp / slide_mpp
     if f < 1 / MAX_UPSAMPLING:
+        if mpp_given:  # the user's number, not the file's: "records" sent them to the file
+            raise HistodetectError(
+                f"--mpp {slide_mpp:g} is {1 / f:.0f}x coarser than the model's {model_mpp:g} "
+                f"µm/px: {reader.path}'s tiles would be blown up {1 / f:.0f}x; give the "
+                "scanner's resolution (about 0.25 at 40x, 0.5 at 20x)."
+            )
         raise HistodetectError(
             f"{reader.path} records {slide_mpp:g} µm/px, {1 / f:.0f}x coarser than the model's "
             f"{model_mpp:g} µm/px: its tiles would be blown up {1 / f:.0f}x (a print "
