@@ -222,6 +222,9 @@ CASES = [
     Case("explain out inside a store", lambda t, s, r: ["explain", str(s), "--model", str(r), "--out", str(_store_copy(t, s) / "expl"), "--no-progress"], ("lies inside the patch store", "write the explanations elsewhere")),
     Case("evaluate out inside a store", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(_store_copy(t, s) / "rep")], ("lies inside the patch store", "write the report elsewhere")),
     Case("evaluate out is the store", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(_store_copy(t, s)), "--overwrite"], ("is the patch store",)),
+    # from a bad-input hunt: '' became '.', refused as ". is a folder"
+    Case("predict empty --out", lambda t, s, r: ["predict", str(s), "--model", str(r), "--out", ""], ("--out", "an empty path")),
+    Case("slide empty input", lambda t, s, r: ["slide", "", "--out", str(t / "o")], ("argument SLIDE", "an empty path")),
     Case("evaluate unknown shift", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--shift", "fog", "--out", str(t / "rep")], ("--shift", "fog")),
 ]  # fmt: skip
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from histodetect.cli import options
 
@@ -11,7 +10,7 @@ HELP = "fit temperature and threshold on a (validation) split and save them in t
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model", type=Path, help="run folder or model.pt")
+    parser.add_argument("model", type=options.path_value, help="run folder or model.pt")
     options.add_store(parser)
     parser.add_argument(
         "--split", default="valid", help="split to fit on (default valid); never report it as test"

@@ -30,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     pcam.add_argument(
         "--checksums",
-        type=Path,
+        type=options.path_value,
         metavar="FILE",
         help="md5sum-style file '<md5>  <file name>' replacing the built-in table",
     )
@@ -61,7 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _add_store(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
-        type=Path,
+        type=options.path_value,
         metavar="STORE",
         help="then run `histodetect ingest` into this new patch store",
     )

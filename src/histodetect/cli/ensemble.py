@@ -11,7 +11,9 @@ HELP = "combine trained models (run folders or model.pt) into one ensemble model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("models", type=Path, nargs="+", help="run folders or model.pt files")
+    parser.add_argument(
+        "models", type=options.path_value, nargs="+", help="run folders or model.pt files"
+    )
     options.add_out(parser, "the ensemble's model file to write (e.g. runs/ensemble/model.pt)")
     options.add_overwrite(parser)
 

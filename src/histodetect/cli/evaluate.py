@@ -13,7 +13,7 @@ HELP = "evaluate a model on a store split: metrics.json, report.html, plots; opt
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
-        type=Path,
+        type=options.path_value,
         help="run folder, model.pt, checkpoint, exported model.onnx (no --calibrate-on) or `bundled`",
     )
     options.add_store(parser)

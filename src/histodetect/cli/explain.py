@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from histodetect.cli import options
 from histodetect.cli.predict import MAX_LISTED_FAILURES, nothing_done
@@ -23,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_out(parser, "folder to write: <id>.png per patch and explanations.csv")
     parser.add_argument(
         "--model",
-        type=Path,
+        type=options.path_value,
         help="model.pt or run folder (default, or `bundled`: the bundled model)",
     )
     options.add_fit_to_size(parser)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from histodetect.cli import options
 
@@ -14,7 +13,7 @@ FORMATS = ("onnx",)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "model",
-        type=Path,
+        type=options.path_value,
         nargs="?",
         metavar="MODEL",
         help="run folder, model.pt or training checkpoint (default, or `bundled`: the bundled model)",

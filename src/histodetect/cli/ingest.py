@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from histodetect.cli import options
 
@@ -12,7 +11,9 @@ HELP = "read Kaggle tifs, PCam .h5(.gz), class folders or a CSV of path,label in
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "source", type=Path, help="dataset folder, PCam .h5 file, or CSV of path,label"
+        "source",
+        type=options.path_value,
+        help="dataset folder, PCam .h5 file, or CSV of path,label",
     )
     options.add_out(parser, "store folder to create")
     parser.add_argument(
@@ -33,7 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--drop-outliers", action="store_true", help="leave out blank/near-uniform patches"
     )
     parser.add_argument(
-        "--slides", type=Path, help="Kaggle only: CSV of id,slide giving each patch's slide"
+        "--slides",
+        type=options.path_value,
+        help="Kaggle only: CSV of id,slide giving each patch's slide",
     )
     options.add_workers(parser)
     options.add_overwrite(parser)

@@ -11,7 +11,9 @@ HELP = "data report of a store: classes, splits, duplicates, outliers, colours, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", type=Path, help="patch store folder (from `histodetect ingest`)")
+    parser.add_argument(
+        "store", type=options.path_value, help="patch store folder (from `histodetect ingest`)"
+    )
     options.add_out(parser, "report folder (default: <store>/inspect)", required=False)
     options.add_seed(parser)
 

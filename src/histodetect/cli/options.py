@@ -24,6 +24,14 @@ SEED_LIMIT = 2**32
 """Seeds are 0 to 2**32 - 1: what numpy's generators and Lightning's seed_everything take."""
 
 
+def path_value(text: str) -> Path:
+    """argparse type: a path that is not empty (`''` became `.`, and an `--out ''` was then
+    refused as ". is a folder")."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path; give a file or folder name")
+    return Path(text)
+
+
 def seed_value(text: str) -> int:
     """argparse type: a seed, a whole number in [0, 2**32) (argparse names the option)."""
     try:
@@ -69,7 +77,7 @@ def add_fit_to_size(parser: argparse.ArgumentParser) -> None:
 
 def add_out(parser: argparse.ArgumentParser, what: str, required: bool = True) -> None:
     """--out: where the command writes."""
-    parser.add_argument("--out", type=Path, required=required, help=what)
+    parser.add_argument("--out", type=path_value, required=required, help=what)
 
 
 def add_overwrite(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +91,7 @@ def add_overwrite(parser: argparse.ArgumentParser) -> None:
 
 def add_store(parser: argparse.ArgumentParser) -> None:
     """--data: the patch store to read."""
-    parser.add_argument("--data", type=Path, required=True, help="patch store folder")
+    parser.add_argument("--data", type=path_value, required=True, help="patch store folder")
 
 
 def add_inference(parser: argparse.ArgumentParser) -> None:

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--model",
-        type=Path,
+        type=options.path_value,
         help="model.pt, run folder or model.onnx (default, or `bundled`: the bundled model)",
     )
     options.add_out(parser, "CSV file to write (id,label = tumour probability)")

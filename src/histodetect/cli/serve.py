@@ -19,7 +19,7 @@ HELP = "HTTP API and browser page: patch predictions, Grad-CAM and slide heatmap
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
-        type=Path,
+        type=options.path_value,
         help="model.pt or run folder (default, or `bundled`: the bundled model)",
     )
     parser.add_argument(
@@ -57,12 +57,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--slides-dir",
-        type=Path,
+        type=options.path_value,
         help="folder of slides that requests may name (else uploads only)",
     )
     parser.add_argument(
         "--jobs-dir",
-        type=Path,
+        type=options.path_value,
         help="folder for slide results, kept across restarts (default: a temporary folder deleted on "
         "exit); one server per folder",
     )

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "slides",
         nargs="+",
-        type=Path,
+        type=options.path_value,
         metavar="SLIDE",
         help="slide files: tiled pyramidal TIFF/OME-TIFF, OpenSlide formats (.svs, .ndpi, "
         ".mrxs, ...; needs the slides extra) or PNG/JPEG",
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_out(parser, "folder for the results, one sub-folder per slide")
     parser.add_argument(
         "--model",
-        type=Path,
+        type=options.path_value,
         help="model.pt or run folder (default, or `bundled`: the bundled model)",
     )
     parser.add_argument(

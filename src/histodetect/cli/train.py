@@ -17,10 +17,15 @@ STRENGTH_OF = {"hed_sigma": "hed", "hed_bias": "hed", "brightness": "colour", "c
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", type=Path, help="patch store folder (from `histodetect ingest`)")
+    parser.add_argument(
+        "--data", type=options.path_value, help="patch store folder (from `histodetect ingest`)"
+    )
     options.add_out(parser, "run folder to create", required=False)
     parser.add_argument(
-        "--resume", type=Path, metavar="RUN", help="continue an interrupted run folder"
+        "--resume",
+        type=options.path_value,
+        metavar="RUN",
+        help="continue an interrupted run folder",
     )
     parser.add_argument(
         "--preset", default="default", choices=("default", "seed"), help="recipe to start from"
@@ -63,7 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--teacher",
-        type=Path,
+        type=options.path_value,
         help="distil: also learn this model's probabilities on the training patches (a run "
         "folder, model.pt, an ensemble from `histodetect ensemble`, model.onnx, or `bundled`)",
     )
