@@ -215,6 +215,8 @@ CASES = [
     Case("store without its pixel file", lambda t, s, r: ["predict", str(_without_pixels(t, s)), "--model", str(r), "--out", str(t / "p.csv"), "--no-progress"], ("pixels.u8 is missing", "ingest")),
     Case("truncated model file", lambda t, s, r: ["predict", str(s), "--model", str(_truncated(t, r)), "--out", str(t / "p.csv"), "--no-progress"], ("trunc.pt", "cut short")),
     Case("text file named .pt", lambda t, s, r: ["predict", str(s), "--model", str(_write(t / "notes.pt", b"hello world\n" * 9)), "--out", str(t / "p.csv"), "--no-progress"], ("notes.pt", "not a PyTorch file")),
+    # from a bad-input hunt: a file starting "x" reads as a pickle opcode torch does not allow
+    Case("python source as a model", lambda t, s, r: ["predict", str(s), "--model", str(_write(t / "mk.py", b"x = 1\n")), "--out", str(t / "p.csv"), "--no-progress"], ("mk.py", "not a PyTorch file")),
     Case("model file of Python objects", lambda t, s, r: ["predict", str(s), "--model", str(_pickled_objects(t / "objects.pt")), "--out", str(t / "p.csv"), "--no-progress"], ("objects.pt", "Python objects besides tensors", "could run code")),
     Case("checkpoint of Python objects", lambda t, s, r: ["predict", str(s), "--model", str(_pickled_objects(t / "objects.ckpt")), "--out", str(t / "p.csv"), "--no-progress"], ("objects.ckpt", "Python objects besides tensors")),
     Case("negative workers", lambda t, s, r: ["predict", str(s), "--model", str(r), "--out", str(t / "p.csv"), "--workers", "-3"], ("--workers", "negative")),
