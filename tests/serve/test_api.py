@@ -122,6 +122,20 @@ def test_form_fields_are_checked_with_sentences(
     assert "PredictResponse" in str(response["200"]) and "413" in response
 
 
+def test_explain_refuses_a_second_file_or_another_field(
+    make_client: Any, valid_patches: list[Path]
+) -> None:
+    """From a bad-input hunt: two 'file' fields gave the first one's Grad-CAM with no word of
+    the second, where /v1/predict refuses what it does not take."""
+    client = make_client()
+    two = [upload(valid_patches[0], field="file"), upload(valid_patches[1], field="file")]
+    response = client.post("/v1/explain", files=two)
+    assert response.status_code == 422 and "one patch per request" in response.json()["error"]
+    extra = client.post("/v1/explain", files=[upload(valid_patches[0], field="file")],
+                        data={"resize": "true"})  # fmt: skip
+    assert extra.status_code == 422 and "'resize' is not 'file'" in extra.json()["error"]
+
+
 def test_explain_gives_probability_and_overlay(make_client: Any, valid_patches: list[Path]) -> None:
     client = make_client()
     patch = valid_patches[-1]

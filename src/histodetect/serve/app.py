@@ -209,9 +209,20 @@ async def predict(request: Request) -> JSONResponse:
 
 @router.post("/v1/explain", response_model=ExplainResponse, responses=ERRORS)
 async def explain(
-    context: Context, file: Annotated[UploadFile, File(description="one patch image")]
+    request: Request,
+    context: Context,
+    file: Annotated[UploadFile, File(description="one patch image")],
 ) -> ExplainResponse:
     """Probability and Grad-CAM overlay (PNG) of one patch."""
+    form = await request.form()  # the form FastAPI parsed: a second file was dropped unsaid
+    unknown = sorted(set(form.keys()) - {"file"})
+    if unknown:
+        raise ApiError(422, f"the form field {unknown[0]!r} is not 'file', the one field here.")
+    if len(form.getlist("file")) > 1:
+        raise ApiError(
+            422,
+            "/v1/explain takes one patch per request; send one 'file' (/v1/predict takes many).",
+        )
     upload = Upload(file.filename or "", await file.read())
     size = context.predictor.spec.patch_size_px
     async with context.decoding:
