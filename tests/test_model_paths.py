@@ -14,6 +14,7 @@ from PIL import Image
 from histodetect.cli.main import main
 from histodetect.modelfiles import bundled_model_path, names_bundled, resolve_model_path
 from histodetect.models import tiny_model_kwargs
+from histodetect.models.checkpoint import load_checkpoint
 from imagefiles import make_synthetic_store
 
 
@@ -45,7 +46,9 @@ def test_predict_and_export_take_the_word(tmp_path: Path, monkeypatch: pytest.Mo
     assert (tmp_path / "model.onnx").stat().st_size > 1_000_000
 
 
-def test_train_takes_the_word_as_teacher(tmp_path: Path) -> None:
+def test_train_takes_the_word_as_teacher(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     store = tmp_path / "store"
     make_synthetic_store(store, n=96)
     out = tmp_path / "run"
@@ -55,3 +58,11 @@ def test_train_takes_the_word_as_teacher(tmp_path: Path) -> None:
     assert code == 0
     config = json.loads((out / "config.json").read_text())
     assert config["teacher"] == str(bundled_model_path())
+    # the run ends by saying how to calibrate it, with a command that works as printed
+    said = capsys.readouterr().out.strip().splitlines()[-1]
+    assert said.startswith("Next: `histodetect calibrate "), said
+    import shlex
+
+    command = shlex.split(said.split("`")[1])
+    assert main(command[1:]) == 0
+    assert "calibration" in load_checkpoint(out / "model.pt").metadata

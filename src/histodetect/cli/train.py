@@ -244,4 +244,18 @@ def run(args: argparse.Namespace) -> int:
         config = resolve_config(str(args.data), str(args.out), args.preset, **overrides)
         result = fit(config, progress=args.progress)
     print(f"Run folder: {result.run_dir} ({result.epochs_run} epochs, {result.elapsed_s:.0f} s).")
+    _say_next(result.run_dir)
     return 0
+
+
+def _say_next(run_dir: Path) -> None:
+    """The step a new run needs before its probabilities mean what they say: the default
+    recipe comes out overconfident (temperatures 1.26-1.46 fitted on valid, docs/BENCHMARKS.md),
+    and predict reads the model's threshold, which training does not fit."""
+    from histodetect.training.config import TrainConfig
+
+    data = TrainConfig.load(run_dir).data
+    print(
+        f"Next: `histodetect calibrate {run_dir} --data {data} --split valid` fits its "
+        "temperature and decision threshold, which predict, slide and serve then use."
+    )
