@@ -232,3 +232,25 @@ def test_shift_names(text: str | None, names: object) -> None:
             parse_shifts(text)
     else:
         assert parse_shifts(text) == (tuple(SHIFTS) if names == "ALL" else names)
+
+
+def test_a_report_on_another_store_holding_the_calibration_patches_says_so(
+    store: Path, model_file: Path, tmp_path: Path
+) -> None:
+    """From a review: the calibration's patches were matched by store fingerprint only, so a
+    report on a re-ingested copy split otherwise (the calibration's valid patches as its
+    test split) was called held out. Patch ids are the SHA-1 of the pixels: the calibration
+    keeps a sample of them, and a report on any store finds them."""
+    torch.manual_seed(3)
+    spec = ModelSpec("histonet", tiny_model_kwargs("histonet"))
+    save_model(model_file, build_model(spec), spec, {})
+    assert main(["calibrate", str(model_file), "--data", str(store), "--split", "valid"]) == 0
+    swapped = tmp_path / "swapped"  # the same 240 patches; store's valid slides are its test
+    make_synthetic_store(swapped, n=240, holdout=("test", "valid"))
+    opts = EvaluateOptions(split="test", n_boot=20)
+    role = evaluate(model_file, swapped, tmp_path / "r", opts)["split_role"]
+    assert "about 60 of its 60 patches (matched by content" in role and "optimistic" in role
+    held_out = evaluate(
+        model_file, swapped, tmp_path / "v", EvaluateOptions(split="valid", n_boot=20)
+    )
+    assert "optimistic" not in held_out["split_role"]

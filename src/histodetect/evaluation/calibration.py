@@ -139,3 +139,27 @@ def choose_threshold(labels: np.ndarray, probs: np.ndarray, method: str) -> floa
     assert value is not None
     ok = np.flatnonzero(tpr >= value)
     return float(thresholds[ok[0]])
+
+
+ID_SAMPLE_SIZE = 1000
+"""Patch ids a calibration keeps (16 hex digits each, about 19 KB): enough to tell that a
+report on another store holds its patches, and roughly how many."""
+
+
+def fitted_id_sample(ids: np.ndarray) -> dict[str, Any]:
+    """What a calibration keeps of the patches it was fitted on, to find them again in another
+    store (ids are the SHA-1 of the pixels, so a re-ingested copy has the same ones): a fixed
+    sample of their ids, cut to 64 bits, and their number."""
+    chosen = np.random.default_rng(0).permutation(len(ids))[:ID_SAMPLE_SIZE]
+    return {"n_fitted": len(ids), "id_sample": sorted(str(ids[i])[:16] for i in chosen)}
+
+
+def shared_by_sample(calibration: dict[str, Any], ids: np.ndarray) -> int:
+    """About how many of the patches with `ids` the calibration was fitted on: the share of its
+    id sample found among them, times the patches it was fitted on (0 when it keeps none)."""
+    sample, n_fitted = calibration.get("id_sample"), calibration.get("n_fitted")
+    if not isinstance(sample, list) or not sample or not isinstance(n_fitted, int):
+        return 0
+    present = {str(i)[:16] for i in ids}
+    found = sum(str(s) in present for s in sample)
+    return min(len(ids), round(found / len(sample) * n_fitted)) if found else 0

@@ -22,8 +22,10 @@ from histodetect.errors import HistodetectError
 from histodetect.evaluation.calibration import (
     choose_threshold,
     fit_temperature,
+    fitted_id_sample,
     parse_threshold_method,
     probabilities,
+    shared_by_sample,
     temperature_warning,
     tta_mismatch_note,
 )
@@ -167,7 +169,8 @@ def calibrate(loaded: LoadedModel, store: PatchStore, split: EvalSplit, method: 
     threshold = choose_threshold(labels, probabilities(logits, temperature), method)
     spec = loaded.spec.replace(temperature=temperature, threshold=threshold)
     calibration = {"store_fingerprint": store.fingerprint, "split": split.name, "method": method,
-                   "tta": tta, "temperature": temperature, "threshold": threshold}  # fmt: skip
+                   "tta": tta, "temperature": temperature, "threshold": threshold,
+                   **fitted_id_sample(store.manifest.ids[split.indices])}  # fmt: skip
     calibrated = LoadedModel(
         loaded.model, spec, loaded.path, {**loaded.metadata, "calibration": calibration}
     )
@@ -186,30 +189,37 @@ def _role_with_calibration(split: EvalSplit, loaded: Evaluated, store: PatchStor
     """The split's role, with a warning where the model's calibration was fitted on any of
     the reported patches: only the split names were compared, so `calibrate --split all` and
     then `evaluate --split test` reported the test split as held out."""
-    shared = _calibrated_on_reported(split, loaded, store)
-    if shared == len(split.indices):
+    shared, estimated = _calibrated_on_reported(split, loaded, store)
+    if shared == len(split.indices) and not estimated:
         return (f"{split.role}; it also fitted the threshold and temperature, so threshold-dependent "
                 "figures are optimistic (AUC is unaffected by either)")  # fmt: skip
     if shared:
-        return (f"{split.role}; {shared:,} of its {len(split.indices):,} patches also fitted the "
-                "threshold and temperature, so threshold-dependent figures are optimistic (AUC "
-                "is unaffected by either)")  # fmt: skip
+        how = (" (matched by content against a sample of the calibration's patches, which "
+               "another store held)") if estimated else ""  # fmt: skip
+        return (f"{split.role}; {'about ' if estimated else ''}{shared:,} of its "
+                f"{len(split.indices):,} patches{how} also fitted the threshold and temperature, "
+                "so threshold-dependent figures are optimistic (AUC is unaffected by either)")  # fmt: skip
     return split.role
 
 
-def _calibrated_on_reported(split: EvalSplit, loaded: Evaluated, store: PatchStore) -> int:
-    """How many of the reported patches the model's calibration was fitted on (0 when it was
-    fitted on another store: those patches cannot be matched here)."""
+def _calibrated_on_reported(
+    split: EvalSplit, loaded: Evaluated, store: PatchStore
+) -> tuple[int, bool]:
+    """How many of the reported patches the model's calibration was fitted on, and whether
+    that is an estimate: on another store (a re-ingested copy, the same patches split
+    otherwise) only the sample of patch ids the calibration keeps can be matched."""
     cal = loaded.metadata.get("calibration") or {}
-    if cal.get("store_fingerprint") != store.fingerprint or not isinstance(cal.get("split"), str):
-        return 0
+    if not isinstance(cal.get("split"), str):
+        return 0, False
+    if cal.get("store_fingerprint") != store.fingerprint:
+        return shared_by_sample(cal, store.manifest.ids[split.indices]), True
     if cal["split"] == split.name:
-        return len(split.indices)
+        return len(split.indices), False
     try:
         fitted_on = resolve_split(store, cal["split"], loaded)
     except HistodetectError:  # a split this store (or run) cannot name any more
-        return 0
-    return int(np.intersect1d(fitted_on.indices, split.indices).size)
+        return 0, False
+    return int(np.intersect1d(fitted_on.indices, split.indices).size), False
 
 
 @dataclass(frozen=True)
