@@ -267,6 +267,10 @@ def test_a_server_restarted_on_its_jobs_dir_still_serves_the_jobs_before(
     old = jobs_dir / ("0" * 32)
     shutil.copytree(jobs_dir / done["id"], old)
     (old / "job.json").unlink()
+    # one killed before its result was renamed into place: a temporary folder only
+    killed = jobs_dir / ("1" * 32)
+    (result,) = (jobs_dir / done["id"] / "result").iterdir()
+    shutil.copytree(result, killed / "result" / f".{result.name}.tmp-1")
     mine = jobs_dir / "notes"  # not a job's folder: never touched
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
@@ -284,6 +288,8 @@ def test_a_server_restarted_on_its_jobs_dir_still_serves_the_jobs_before(
     assert before["status"] == "done" and before["slide"] == "my slide.tif"
     assert before["summary"] == done["summary"]
     assert (mine / "keep.txt").read_text() == "mine"
+    cut_short = second.get(f"/v1/jobs/{killed.name}").json()
+    assert cut_short["status"] == "failed" and not (killed / "result").exists()
 
 
 def test_jobs_taken_over_at_a_restart_are_still_deleted_oldest_first(

@@ -117,6 +117,8 @@ class SlideJob:
             job, result = cls(folder.name, "unknown slide", folder), None
             job.created_s = folder.stat().st_mtime
             for summary_file in sorted(folder.glob(f"result/*/{OUTPUT_FILES['summary']}")):
+                if summary_file.parent.name.startswith("."):  # a temporary folder, not renamed
+                    continue
                 job.status = job.stage = "done"
                 result = summary_file.parent.name
                 with contextlib.suppress(OSError, ValueError, AttributeError):
