@@ -83,6 +83,10 @@ def test_patches_the_slides_file_does_not_name_are_reported(
     assert missing == sorted(ids[2:]), source.problems
     assert "random split" in source.problems[0].reason
     assert sorted(_all(source)[3]) == ["", "", "s0", "s1"]  # kept, without a slide
+    slides.write_text("id,slide\n")  # an empty slide file names none of them (from a review)
+    source = KaggleSource(tmp_path, slides_csv=slides)
+    assert sum(p.kind == MISSING_SLIDE for p in source.problems) == 4
+    assert not any(p.kind == MISSING_SLIDE for p in KaggleSource(tmp_path).problems)  # no file
 
 
 def test_images_outside_the_label_folders_are_reported(

@@ -80,7 +80,7 @@ def test_a_jobs_dir_in_use_by_another_server_is_refused(
     import fcntl
     import os
 
-    from histodetect.atomic import _lock_path
+    from histodetect.cli.serve import JOBS_DIR_LOCK
     from histodetect.serve import server
 
     def served(*args: object) -> None:
@@ -89,8 +89,8 @@ def test_a_jobs_dir_in_use_by_another_server_is_refused(
     monkeypatch.setattr(server, "run_server", served)
     jobs = tmp_path / "jobs"
     jobs.mkdir()
-    # the first server's lock, taken as another process does (output_lock is re-entrant)
-    held = os.open(_lock_path(jobs.resolve()), os.O_RDWR | os.O_CREAT)
+    # the first server's lock, taken as another process does (its own open file)
+    held = os.open(jobs / JOBS_DIR_LOCK, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         assert main(["serve", "--device", "cpu", "--port", "0", "--jobs-dir", str(jobs)]) == 2

@@ -271,6 +271,10 @@ def test_a_server_restarted_on_its_jobs_dir_still_serves_the_jobs_before(
     killed = jobs_dir / ("1" * 32)
     (result,) = (jobs_dir / done["id"] / "result").iterdir()
     shutil.copytree(result, killed / "result" / f".{result.name}.tmp-1")
+    # one whose heatmap was deleted since: served as done, its link was a 500 (from a review)
+    gone = jobs_dir / ("2" * 32)
+    shutil.copytree(jobs_dir / done["id"], gone)
+    next(gone.glob("result/*/heatmap.png")).unlink()
     mine = jobs_dir / "notes"  # not a job's folder: never touched
     mine.mkdir()
     (mine / "keep.txt").write_text("mine")
@@ -288,6 +292,8 @@ def test_a_server_restarted_on_its_jobs_dir_still_serves_the_jobs_before(
     assert before["status"] == "done" and before["slide"] == "my slide.tif"
     assert before["summary"] == done["summary"]
     assert (mine / "keep.txt").read_text() == "mine"
+    deleted = second.get(f"/v1/jobs/{gone.name}").json()
+    assert deleted["status"] == "failed" and "deleted" in deleted["error"], deleted
     cut_short = second.get(f"/v1/jobs/{killed.name}").json()
     assert cut_short["status"] == "failed" and not (killed / "result").exists()
 
@@ -298,18 +304,22 @@ def test_jobs_taken_over_at_a_restart_are_still_deleted_oldest_first(
     from histodetect.serve import jobs as jobs_module
 
     jobs_dir = tmp_path / "jobs"
-    for n, created in enumerate([30.0, 10.0, 20.0, "damaged"]):
+    for n, created in enumerate([30.0, 10.0, 20.0, "damaged", 40.0]):
         folder = jobs_dir / f"{n:032x}"
         (folder / "result" / "partial").mkdir(parents=True)
         state = {"id": folder.name, "slide": f"s{n}.tif", "status": "failed", "stage": "failed",
                  "tiles_scored": 0, "tiles_total": None, "error": "x", "summary": None,
                  "created_s": created, "result": None}  # fmt: skip
+        if n == 4:  # from a review: a value of the wrong type made each poll a 500
+            state["tiles_total"] = "x"
         (folder / "job.json").write_text(json.dumps(state))
-    monkeypatch.setattr(jobs_module, "KEEP_FINISHED", 2)
+    monkeypatch.setattr(jobs_module, "KEEP_FINISHED", 3)
     client = make_client(jobs_dir=jobs_dir)
     left = sorted(p.name for p in jobs_dir.iterdir())
-    # the damaged job.json is taken by its folder's time (now): newest, kept with created 30
-    assert left == [f"{0:032x}", f"{3:032x}"], left
-    damaged = client.get(f"/v1/jobs/{3:032x}").json()
-    assert damaged["status"] == "failed" and "server stopped" in damaged["error"]
-    assert not (jobs_dir / f"{3:032x}" / "result").exists()
+    # the damaged job.json files are taken by their folders' time (now): newest, kept with 30
+    assert left == [f"{0:032x}", f"{3:032x}", f"{4:032x}"], left
+    for n in (3, 4):
+        damaged = client.get(f"/v1/jobs/{n:032x}")
+        assert damaged.status_code == 200, damaged.text
+        assert damaged.json()["status"] == "failed" and "server stopped" in damaged.json()["error"]
+        assert not (jobs_dir / f"{n:032x}" / "result").exists()

@@ -80,30 +80,35 @@ def run(args: argparse.Namespace) -> int:
         return _serve(args, limits, bind_socket(args.host, args.port))
 
 
+JOBS_DIR_LOCK = ".histodetect-serve.lock"
+"""The lock file a server holds inside its --jobs-dir (inside, not beside it: a service user
+may own its jobs folder and nothing around it)."""
+
+
 @contextlib.contextmanager
 def _jobs_dir_lock(jobs_dir: Path | None) -> Iterator[None]:
     """Hold --jobs-dir for this server alone: a second server on it took over the first's
     running jobs as stopped ones and deleted their uploads under them."""
-    from histodetect.atomic import output_lock
+    import fcntl
+    import os
+
     from histodetect.errors import HistodetectError
 
     if jobs_dir is None:
         yield
         return
-    lock = output_lock(jobs_dir.resolve())
+    fd = os.open(jobs_dir / JOBS_DIR_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        lock.__enter__()
-    except HistodetectError as exc:
-        if "another histodetect process" not in str(exc):
-            raise
-        raise HistodetectError(
-            f"--jobs-dir {jobs_dir} is in use by another histodetect serve; give each server "
-            "its own --jobs-dir, or stop the other one first."
-        ) from None
-    try:
-        yield
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise HistodetectError(
+                f"--jobs-dir {jobs_dir} is in use by another histodetect serve; give each "
+                "server its own --jobs-dir, or stop the other one first."
+            ) from None
+        yield  # the file stays: removing a lock file lets a third process lock a new one
     finally:
-        lock.__exit__(None, None, None)
+        os.close(fd)
 
 
 def _serve(args: argparse.Namespace, limits: ServeLimits, sock: Any) -> int:
@@ -132,6 +137,7 @@ def _serve(args: argparse.Namespace, limits: ServeLimits, sock: Any) -> int:
     )
     print(f"Serving on {url_of(sock)} (API docs at {url_of(sock)}docs); Ctrl-C stops.", flush=True)
     run_server(app, sock)
+    app.state.context.jobs.join()  # a slide job still writing keeps --jobs-dir locked
     print("Stopped.")
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import shutil
 import threading
@@ -106,16 +107,18 @@ class SlideJob:
         finished (queued or running when it stopped, or killed) is failed, and its upload and
         partial results are deleted. A folder from before job.json is done if its result has a
         summary.json (written last, as the job's public summary)."""
+        from histodetect.slides.outputs import is_finished
+
         try:
             state = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
             job = cls(folder=folder, **{key: state[key] for key in _SAVED})
             job.created_s = float(state["created_s"])
             result = state["result"]
-            if not isinstance(job.summary, dict | None) or not isinstance(result, str | None):
-                raise TypeError("not a job's state")
+            _check_state(job, result)
         except (OSError, ValueError, KeyError, TypeError):  # from before job.json, or damaged
             job, result = cls(folder.name, "unknown slide", folder), None
-            job.created_s = folder.stat().st_mtime
+            with contextlib.suppress(OSError):  # a folder deleted meanwhile: oldest then
+                job.created_s = folder.stat().st_mtime
             for summary_file in sorted(folder.glob(f"result/*/{OUTPUT_FILES['summary']}")):
                 if summary_file.parent.name.startswith("."):  # a temporary folder, not renamed
                     continue
@@ -127,10 +130,7 @@ class SlideJob:
         job.id = folder.name
         if job.status == "done":
             job.result = folder / "result" / str(result)
-            if (
-                not isinstance(job.summary, dict)
-                or not (job.result / OUTPUT_FILES["summary"]).is_file()
-            ):
+            if not isinstance(job.summary, dict) or not is_finished(job.result):
                 job.result = None
                 job.error = "the slide's results were deleted from the server; submit it again."
                 job.status = job.stage = "failed"
@@ -142,6 +142,22 @@ class SlideJob:
             for part in ("upload", "result"):
                 shutil.rmtree(folder / part, ignore_errors=True)
         return job
+
+
+def _check_state(job: SlideJob, result: object) -> None:
+    """Raise TypeError unless a job read from job.json holds values of the types it serves
+    (a hand-edited "tiles_total": "x" made every poll of the job a 500)."""
+    texts = (job.id, job.slide, job.status, job.stage)
+    counts_ok = isinstance(job.tiles_scored, int) and isinstance(job.tiles_total, int | None)
+    if (
+        not all(isinstance(text, str) for text in texts)
+        or not counts_ok
+        or not isinstance(job.error, str | None)
+        or not isinstance(job.summary, dict | None)
+        or not isinstance(result, str | None)
+        or not math.isfinite(job.created_s)
+    ):
+        raise TypeError("not a job's state")
 
 
 class SlideJobs:
@@ -172,7 +188,11 @@ class SlideJobs:
         kept for ever, unknown to the new server); folders not named as a job are left alone."""
         if not self.jobs_dir.is_dir():
             return
+        from histodetect.atomic import remove_stale
+
         folders = [p for p in self.jobs_dir.iterdir() if p.is_dir() and _JOB_ID.fullmatch(p.name)]
+        for folder in folders:
+            remove_stale(folder / JOB_FILE)  # a job.json write killed half-way
         for job in sorted(map(SlideJob.restored, folders), key=lambda job: job.created_s):
             self._jobs[job.id] = job
             self._save(job)
@@ -228,6 +248,10 @@ class SlideJobs:
         if job.result is None:
             raise ApiError(409, f"slide job {job_id} is {job.status}, not done; poll it first.")
         return job.result / OUTPUT_FILES[link]
+
+    def join(self) -> None:
+        """Wait for a running job to finish (after `close`): until then it may still write."""
+        self._executor.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         """Stop taking jobs. A running job is left to finish (the interpreter waits for it at

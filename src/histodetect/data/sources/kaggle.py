@@ -42,7 +42,7 @@ class KaggleSource(FileListSource):
         self._list_train(slides)
         self._list_test()
 
-    def _list_train(self, slides: dict[str, str]) -> None:
+    def _list_train(self, slides: dict[str, str] | None) -> None:
         labels_csv = self.root / "train_labels.csv"
         files, ambiguous = self._tifs_by_id(self.root / "train")
         if not labels_csv.is_file():
@@ -59,11 +59,10 @@ class KaggleSource(FileListSource):
                 origin = f"{labels_csv.name}:{pid}"
                 self.problems.append(Problem(origin, MISSING_IMAGE, f"no image train/{pid}.tif"))
                 continue
-            if slides and not slides.get(pid):
+            slide = "" if slides is None else slides.get(pid, "")
+            if slides is not None and not slide:
                 self.problems.append(Problem(str(files[pid]), MISSING_SLIDE, NO_SLIDE))
-            self.entries.append(
-                FileEntry(files[pid], label, "train", slides.get(pid, ""), named_by_id=True)
-            )
+            self.entries.append(FileEntry(files[pid], label, "train", slide, named_by_id=True))
         for pid, path in files.items():
             if pid not in labels:
                 self.problems.append(Problem(str(path), MISSING_LABEL, "not in train_labels.csv"))
@@ -113,11 +112,13 @@ class KaggleSource(FileListSource):
         return {pid: paths[0] for pid, paths in by_id.items() if pid not in ambiguous}, ambiguous
 
 
-def _read_slides(path: Path, required: bool) -> dict[str, str]:
+def _read_slides(path: Path, required: bool) -> dict[str, str] | None:
+    """id -> slide from an `id,slide` file; None when there is no slide file (an empty one is
+    {}: every patch is then reported as missing from it)."""
     if not path.is_file():
         if required:
             raise HistodetectError(f"slide file {path} does not exist.")
-        return {}
+        return None
     return {row["id"]: row["slide"] for row in read_csv_rows(path, ("id", "slide"))}
 
 
