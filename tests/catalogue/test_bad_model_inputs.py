@@ -226,6 +226,7 @@ CASES = [
     Case("evaluate out is the store", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--out", str(_store_copy(t, s)), "--overwrite"], ("is the patch store",)),
     # from a bad-input hunt: '' became '.', refused as ". is a folder"
     Case("predict empty --out", lambda t, s, r: ["predict", str(s), "--model", str(r), "--out", ""], ("--out", "an empty path")),
+    Case("train empty --init", lambda t, s, r: ["train", "--data", str(s), "--out", str(t / "run"), "--init", ""], ("--init is empty",)),
     Case("slide empty input", lambda t, s, r: ["slide", "", "--out", str(t / "o")], ("argument SLIDE", "an empty path")),
     Case("evaluate unknown shift", lambda t, s, r: ["evaluate", str(r), "--data", str(s), "--shift", "fog", "--out", str(t / "rep")], ("--shift", "fog")),
 ]  # fmt: skip

@@ -189,10 +189,13 @@ def _refuse_settings_with_resume(args: argparse.Namespace) -> None:
 def _init_overrides(args: argparse.Namespace, given: dict[str, Any]) -> dict[str, Any]:
     """--init: its path made absolute (`bundled` as is) and its network (model, builder
     options, crop), so the run trains that network; a preset that names another is refused."""
+    from histodetect.errors import HistodetectError
     from histodetect.modelfiles import names_bundled
     from histodetect.training.config import PRESETS
     from histodetect.training.finetune import init_recipe
 
+    if not args.init.strip():  # Path('') is '.': the working folder taken as the model
+        raise HistodetectError("--init is empty; give a run folder, a model.pt or `bundled`.")
     init = args.init if names_bundled(args.init) else str(Path(args.init).resolve())
     wanted = {k: given.get(k) for k in ("model", "model_kwargs", "crop_px")}
     flags: dict[str, str] = {}
@@ -252,10 +255,13 @@ def _say_next(run_dir: Path) -> None:
     """The step a new run needs before its probabilities mean what they say: the default
     recipe comes out overconfident (temperatures 1.26-1.46 fitted on valid, docs/BENCHMARKS.md),
     and predict reads the model's threshold, which training does not fit."""
+    import shlex
+
     from histodetect.training.config import TrainConfig
 
-    data = TrainConfig.load(run_dir).data
+    data = shlex.quote(TrainConfig.load(run_dir).data)
     print(
-        f"Next: `histodetect calibrate {run_dir} --data {data} --split valid` fits its "
+        f"Next: `histodetect calibrate {shlex.quote(str(run_dir))} --data {data} --split valid` "
+        "fits its "
         "temperature and decision threshold, which predict, slide and serve then use."
     )
