@@ -265,9 +265,11 @@ def load_tensors(path: Path, advice: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        # "Unsupported global" names a class to import: a real pickle of objects. Anything
-        # else ("Unsupported operand 120" for a text file) is not a pickle of objects at all.
-        if "unsupported global" not in str(exc).lower():
+        # "Unsupported global" (torch 2.4+; "Unsupported class" before) names a class to
+        # import: a real pickle of objects. Anything else ("Unsupported operand 120" for a text
+        # file) is not a pickle of objects at all.
+        said = str(exc).lower()
+        if "unsupported global" not in said and "unsupported class" not in said:
             raise HistodetectError(f"{path} is damaged or not a PyTorch file; {advice}") from exc
         raise HistodetectError(
             f"{path} holds Python objects besides tensors, which histodetect does not load "
