@@ -217,8 +217,8 @@ def _calibrated_on_reported(
         return len(split.indices), False
     try:
         fitted_on = resolve_split(store, cal["split"], loaded)
-    except HistodetectError:  # a split this store (or run) cannot name any more
-        return 0, False
+    except HistodetectError:  # a split this store (or run) cannot name any more: by content
+        return shared_by_sample(cal, store.manifest.ids[split.indices]), True
     return int(np.intersect1d(fitted_on.indices, split.indices).size), False
 
 
