@@ -140,6 +140,15 @@ def _other_model(tmp: Path, run: Path) -> Path:
     return target
 
 
+def _other_stats(tmp: Path, run: Path) -> Path:
+    """Another seed's model on a store without a valid split: its mean and std come from other
+    training patches (from a README walk: the message said "patch size, crop or normalisation")."""
+    loaded = load_checkpoint(_other_model(tmp, run))
+    mean = tuple(m + 0.003 for m in loaded.spec.mean)
+    save_model(tmp / "seed1.pt", loaded.model, loaded.spec.replace(mean=mean), loaded.metadata)
+    return tmp / "seed1.pt"
+
+
 def _nested_ensemble(tmp: Path, run: Path) -> list[str]:
     """An ensemble given as a member: it was written, and then no command could load it."""
     inner = tmp / "inner.pt"
@@ -315,6 +324,7 @@ CASES += [  # a negative seed was an internal error in inspect (numpy refuses it
 ]  # fmt: skip
 CASES += [
     Case("ensemble of one model twice", lambda t, s, r: ["ensemble", str(r), str(r / "model.pt"), "--out", str(t / "e.pt")], ("model.pt has the same weights as", "give different models")),
+    Case("ensemble of seeds with other statistics", lambda t, s, r: ["ensemble", str(r), str(_other_stats(t, r)), "--out", str(t / "e.pt")], ("seed1.pt normalises its input with another mean", "valid split")),
     Case("ensemble of an ensemble", lambda t, s, r: _nested_ensemble(t, r), ("inner.pt is itself an ensemble",)),
     Case("ensemble out not a .pt", lambda t, s, r: ["ensemble", str(r), str(_other_model(t, r)), "--out", str(t / "e.onnx")], ("--out", "e.onnx must end in .pt")),
     Case("ensemble out is one of its models", lambda t, s, r: ["ensemble", str(r), str(_other_model(t, r)), "--out", str(t / "other.pt"), "--overwrite"], ("other.pt is one of the models",)),

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
         type=options.path_value,
-        help="model.pt or run folder (default, or `bundled`: the bundled model)",
+        help="model.pt, model.onnx or run folder (default, or `bundled`: the bundled model)",
     )
     parser.add_argument(
         "--mpp",

@@ -248,7 +248,7 @@ def fit_to_size(
         return pixels[top : top + size_px, left : left + size_px], None
     return None, (
         f"is {w}x{h} px, expected {size_px}x{size_px}; use --resize or --center-crop "
-        "(whole slides come later)"
+        "(a whole slide goes to `histodetect slide`)"
     )
 
 

@@ -110,10 +110,18 @@ def make_ensemble(model_paths: Sequence[Path | str], out: Path | str) -> Path:
                                                                   first.crop_px)  # fmt: skip
         close = all(abs(a - b) < 1e-4 for a, b in zip(other.spec.mean + other.spec.std,
                                                       first.mean + first.std, strict=True))  # fmt: skip
-        if not (same and close):
+        if not same:
             raise HistodetectError(
-                f"{other.path} is preprocessed differently from {loaded[0].path} (patch size, "
-                "crop or normalisation); an ensemble needs members trained on the same inputs."
+                f"{other.path} is preprocessed differently from {loaded[0].path} (patch size "
+                "or crop); an ensemble needs members trained on the same inputs."
+            )
+        if not close:  # from a README walk: two seeds on a store without a valid split
+            raise HistodetectError(
+                f"{other.path} normalises its input with another mean and std than "
+                f"{loaded[0].path}: they were fitted on other training patches (on a store "
+                "without a valid split each --seed draws its own split); give the store a "
+                "valid split (split folders or a split column at ingest) and train the seeds "
+                "on it."
             )
     members = [{"model": m.spec.model_name,
                 "kwargs": resolved_model_kwargs(m.spec.model_name, m.spec.model_kwargs)}

@@ -53,7 +53,7 @@ def api_wording(message: str) -> str:
     """A message written for the command line, with the API's field names for its options."""
     for option, field in _CLI_TO_API:
         message = message.replace(option, field)
-    return message.replace(" (whole slides come later)", "")
+    return message.replace(" (a whole slide goes to `histodetect slide`)", "")
 
 
 def install_error_handlers(app: FastAPI) -> None:
