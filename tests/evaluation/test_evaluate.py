@@ -254,3 +254,15 @@ def test_a_report_on_another_store_holding_the_calibration_patches_says_so(
         model_file, swapped, tmp_path / "v", EvaluateOptions(split="valid", n_boot=20)
     )
     assert "optimistic" not in held_out["split_role"]
+
+
+def test_valid_of_a_store_without_one_says_why_only_a_run_can_use_it(
+    model_file: Path, tmp_path: Path
+) -> None:
+    """From a README walk: `ensemble` prints `calibrate ENSEMBLE --split valid` as its next
+    step, which on a store without a valid split failed with no word of why a run's own
+    model.pt could use it."""
+    plain = tmp_path / "plain"
+    make_synthetic_store(plain, n=96)
+    with pytest.raises(HistodetectError, match=r"re-drawn only for the model\.pt of a run folder"):
+        evaluate(model_file, plain, tmp_path / "r", EvaluateOptions(split="valid", n_boot=20))

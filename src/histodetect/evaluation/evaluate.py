@@ -94,8 +94,16 @@ def resolve_split(store: PatchStore, name: str, loaded: Evaluated) -> EvalSplit:
     run_dir = run_dir_of(loaded)
     if name not in ("train", "valid") or run_dir is None or not trained_here:
         names = ", ".join(split_display(n) for n in store.split_names)
+        # from a README walk: an ensemble's or export's `--split valid` on such a store
+        # failed with no word of why a run's own model.pt could use it
+        why = (
+            "; the train/valid split of a store without one is re-drawn only for the model.pt "
+            "of a run folder trained on it (not an ensemble, export or copy)"
+            if name in ("train", "valid")
+            else ""
+        )
         raise HistodetectError(
-            f"{store.root} has no split {name!r}; it has: {names}; or use --split all."
+            f"{store.root} has no split {name!r}{why}; it has: {names}; or use --split all."
         )
     from histodetect.training.config import TrainConfig
 
