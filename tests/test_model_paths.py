@@ -66,3 +66,32 @@ def test_train_takes_the_word_as_teacher(
     command = shlex.split(said.split("`")[1])
     assert main(command[1:]) == 0
     assert "calibration" in load_checkpoint(out / "model.pt").metadata
+
+
+def test_only_the_first_ddp_process_prints_the_run_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """From a README walk: `--devices 2` printed "Run folder ... / Next: ..." twice, once per
+    worker (each re-runs the command)."""
+    from histodetect.training import fit as fit_module
+    from histodetect.training.fit import FitResult
+
+    store = tmp_path / "store"
+    make_synthetic_store(store, n=96)
+    out = tmp_path / "run"
+
+    def finished(config: object, **kwargs: object) -> FitResult:
+        out.mkdir()
+        (out / "config.json").write_text(json.dumps({"data": str(store), "out": str(out)}))
+        return FitResult(out, out / "model.pt", 0.5, 1, 1.0)
+
+    monkeypatch.setattr(fit_module, "fit", finished)
+    argv = ["train", "--data", str(store), "--out", str(out), "--no-progress"]
+    for rank, printed in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        if out.exists():
+            import shutil
+
+            shutil.rmtree(out)
+        assert main(argv) == 0
+        assert ("Run folder:" in capsys.readouterr().out) == printed, rank

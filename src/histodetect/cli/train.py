@@ -246,8 +246,13 @@ def run(args: argparse.Namespace) -> int:
         overrides["seed"] = args.seed
         config = resolve_config(str(args.data), str(args.out), args.preset, **overrides)
         result = fit(config, progress=args.progress)
-    print(f"Run folder: {result.run_dir} ({result.epochs_run} epochs, {result.elapsed_s:.0f} s).")
-    _say_next(result.run_dir)
+    from histodetect.training.devices import is_primary_process
+
+    if is_primary_process():  # each DDP worker re-runs this command: one summary, not one each
+        print(
+            f"Run folder: {result.run_dir} ({result.epochs_run} epochs, {result.elapsed_s:.0f} s)."
+        )
+        _say_next(result.run_dir)
     return 0
 
 
