@@ -13,7 +13,7 @@ step "2/7 ingest into a packed patch store"
 histodetect ingest "$out/synthetic" --out "$out/store" --no-progress
 
 step "3/7 data report"
-histodetect inspect "$out/store" --out "$out/inspect" | sed -n '/## Classes/,/## Quality/p'
+histodetect inspect "$out/store" --out "$out/inspect" | sed -n '/## Classes/,/## Quality/{/## Quality/!p}'
 
 step "4/7 train the default model briefly (3 epochs; held-out slides for validation)"
 histodetect train --data "$out/store" --out "$out/run" --epochs 3 --no-progress
@@ -30,7 +30,7 @@ histodetect predict "$out/synthetic/test" --out "$out/predictions-bundled.csv" -
 cat <<MSG
 
 Demo finished. Outputs:
-  synthetic patches   $out/synthetic/            train/*.tif, train_labels.csv, test/*.tif
+  synthetic patches   $out/synthetic/            train/*.tif, train_labels.csv, train_slides.csv, test/*.tif, ...
   patch store         $out/store/                pixels.u8, manifest.csv, header.json, ingest_report.md
   data report         $out/inspect/inspect.md    + samples.png, class_balance.png
   training run        $out/run/                  model.pt, checkpoints/, logs/metrics.csv, tensorboard/
