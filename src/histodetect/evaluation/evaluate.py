@@ -93,18 +93,7 @@ def resolve_split(store: PatchStore, name: str, loaded: Evaluated) -> EvalSplit:
         )
     run_dir = run_dir_of(loaded)
     if name not in ("train", "valid") or run_dir is None or not trained_here:
-        names = ", ".join(split_display(n) for n in store.split_names)
-        # from a README walk: an ensemble's or export's `--split valid` on such a store
-        # failed with no word of why a run's own model.pt could use it
-        why = (
-            "; the train/valid split of a store without one is re-drawn only for the model.pt "
-            "of a run folder trained on it (not an ensemble, export or copy)"
-            if name in ("train", "valid")
-            else ""
-        )
-        raise HistodetectError(
-            f"{store.root} has no split {name!r}{why}; it has: {names}; or use --split all."
-        )
+        raise _no_such_split(store, name)
     from histodetect.training.config import TrainConfig
 
     config = TrainConfig.load(run_dir)
@@ -228,6 +217,22 @@ def _calibrated_on_reported(
     except HistodetectError:  # a split this store (or run) cannot name any more: by content
         return shared_by_sample(cal, store.manifest.ids[split.indices]), True
     return int(np.intersect1d(fitted_on.indices, split.indices).size), False
+
+
+def _no_such_split(store: PatchStore, name: str) -> HistodetectError:
+    """The refusal of a split `store` lacks, naming the ones it has."""
+    names = ", ".join(split_display(n) for n in store.split_names)
+    # from a README walk: an ensemble's or export's `--split valid` on such a store failed
+    # with no word of why a run's own model.pt could use it
+    why = (
+        "; the train/valid split of a store without one is re-drawn only for the model.pt of a "
+        "run folder trained on it (not an ensemble, export or copy)"
+        if name in ("train", "valid")
+        else ""
+    )
+    return HistodetectError(
+        f"{store.root} has no split {name!r}{why}; it has: {names}; or use --split all."
+    )
 
 
 @dataclass(frozen=True)

@@ -104,25 +104,8 @@ def make_ensemble(model_paths: Sequence[Path | str], out: Path | str) -> Path:
         raise HistodetectError("give at least two models to combine into an ensemble.")
     loaded = [load_checkpoint(path) for path in model_paths]
     _check_members(loaded)
+    _check_same_inputs(loaded)
     first = loaded[0].spec
-    for other in loaded[1:]:
-        same = (other.spec.patch_size_px, other.spec.crop_px) == (first.patch_size_px,
-                                                                  first.crop_px)  # fmt: skip
-        close = all(abs(a - b) < 1e-4 for a, b in zip(other.spec.mean + other.spec.std,
-                                                      first.mean + first.std, strict=True))  # fmt: skip
-        if not same:
-            raise HistodetectError(
-                f"{other.path} is preprocessed differently from {loaded[0].path} (patch size "
-                "or crop); an ensemble needs members trained on the same inputs."
-            )
-        if not close:  # from a README walk: two seeds on a store without a valid split
-            raise HistodetectError(
-                f"{other.path} normalises its input with another mean and std than "
-                f"{loaded[0].path}: they were fitted on other training patches (on a store "
-                "without a valid split each --seed draws its own split); give the store a "
-                "valid split (split folders or a split column at ingest) and train the seeds "
-                "on it."
-            )
     members = [{"model": m.spec.model_name,
                 "kwargs": resolved_model_kwargs(m.spec.model_name, m.spec.model_kwargs)}
                for m in loaded]  # fmt: skip
@@ -154,3 +137,31 @@ register_model(
         ]
     },
 )
+
+
+def _check_same_inputs(loaded: Sequence[Any]) -> None:
+    """Refuse members that see their input otherwise than the first: another patch size or
+    crop, or another mean and std.
+
+    Raises:
+        HistodetectError: naming the member and, for the statistics, why seeds differ there.
+    """
+    first = loaded[0].spec
+    for other in loaded[1:]:
+        same = (other.spec.patch_size_px, other.spec.crop_px) == (first.patch_size_px,
+                                                                  first.crop_px)  # fmt: skip
+        close = all(abs(a - b) < 1e-4 for a, b in zip(other.spec.mean + other.spec.std,
+                                                      first.mean + first.std, strict=True))  # fmt: skip
+        if not same:
+            raise HistodetectError(
+                f"{other.path} is preprocessed differently from {loaded[0].path} (patch size "
+                "or crop); an ensemble needs members trained on the same inputs."
+            )
+        if not close:  # from a README walk: two seeds on a store without a valid split
+            raise HistodetectError(
+                f"{other.path} normalises its input with another mean and std than "
+                f"{loaded[0].path}: they were fitted on other training patches (on a store "
+                "without a valid split each --seed draws its own split); give the store a "
+                "valid split (split folders or a split column at ingest) and train the seeds "
+                "on it."
+            )

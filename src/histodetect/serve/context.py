@@ -17,7 +17,7 @@ from histodetect.errors import HistodetectError
 from histodetect.inference.predictor import Predictor
 from histodetect.serve.batching import MicroBatcher
 from histodetect.serve.http_errors import ApiError, api_wording
-from histodetect.serve.jobs import SlideJob, SlideJobs
+from histodetect.serve.jobs import SlideJobs
 from histodetect.serve.limits import ServeLimits
 from histodetect.serve.schemas import (
     ExplainResponse,
@@ -26,6 +26,7 @@ from histodetect.serve.schemas import (
     ModelResponse,
     Prediction,
 )
+from histodetect.serve.slide_job import SlideJob
 
 
 @dataclass
@@ -127,7 +128,7 @@ class ServerContext:
     @staticmethod
     def job_status(job: SlideJob) -> JobStatus:
         """A job as clients see it, with links to its outputs once done."""
-        from histodetect.serve.jobs import OUTPUT_FILES
+        from histodetect.serve.slide_job import OUTPUT_FILES
 
         links = {}
         if job.status == "done":

@@ -7,18 +7,13 @@ model, so patch requests keep being answered while a slide is scored.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import math
-import re
 import shutil
 import threading
-import time
 import uuid
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,136 +23,15 @@ from histodetect.errors import HistodetectError
 from histodetect.inference.predictor import Predictor
 from histodetect.serve.batching import MicroBatcher, QueueFullError
 from histodetect.serve.http_errors import ApiError, api_wording
+from histodetect.serve.slide_job import JOB_FILE, JOB_ID, OUTPUT_FILES, SlideJob
 
 if TYPE_CHECKING:
     from histodetect.models.spec import ModelSpec
     from histodetect.slides.runner import SlideOptions
 
 LOG = logging.getLogger("histodetect.serve")
-OUTPUT_FILES = {
-    "heatmap": "heatmap.png",
-    "overlay": "overlay.png",
-    "mask": "mask.png",
-    "regions": "regions.geojson",
-    "summary": "summary.json",
-    "report": "report.html",
-    "tiles": "tiles.csv",
-}
-"""Link name -> file of a finished slide result (see `slides.outputs`)."""
 KEEP_FINISHED = 100
 """Finished jobs remembered (oldest forgotten first, their folders deleted)."""
-JOB_FILE = "job.json"
-"""Where a job's state is kept in its folder, so a server restarted on the same --jobs-dir
-still answers for the jobs of the one before."""
-_JOB_ID = re.compile(r"[0-9a-f]{32}")
-"""The folder names this server gives jobs (uuid4 hex); nothing else in --jobs-dir is touched."""
-_SAVED = ("id", "slide", "status", "stage", "tiles_scored", "tiles_total", "error", "summary")
-
-
-@dataclass
-class SlideJob:
-    """One slide analysis and where it stands.
-
-    Attributes:
-        id: random hex id, the job's only handle.
-        slide: the slide's name as the client gave it (never a server path).
-        folder: the job's own folder (upload, results).
-        status: "queued", "running", "done" or "failed".
-        stage: what runs now: "queued", "masking", "scoring", "writing", "done" or "failed".
-        tiles_scored, tiles_total: tissue tiles scored so far, and in all (known once the
-            tissue mask is made).
-        error: why the job failed, one sentence.
-        summary: the slide's summary.json figures when done.
-        result: the folder of outputs when done.
-    """
-
-    id: str
-    slide: str
-    folder: Path
-    status: str = "queued"
-    stage: str = "queued"
-    tiles_scored: int = 0
-    tiles_total: int | None = None
-    error: str | None = None
-    summary: dict[str, Any] | None = None
-    result: Path | None = None
-    created_s: float = field(default_factory=time.time)
-
-    @property
-    def progress(self) -> float:
-        """Fraction done in [0, 1]: the share of tiles scored (writing and masking are short)."""
-        if self.status == "done":
-            return 1.0
-        if not self.tiles_total:
-            return 0.0
-        return min(1.0, self.tiles_scored / self.tiles_total)
-
-    def save(self) -> None:
-        """Write the job's state to its folder's job.json (temporary name, then rename)."""
-        from histodetect.atomic import write_text_atomic
-
-        state: dict[str, Any] = {key: getattr(self, key) for key in _SAVED}
-        state["created_s"] = self.created_s
-        state["result"] = None if self.result is None else self.result.name
-        write_text_atomic(self.folder / JOB_FILE, json.dumps(state, indent=2) + "\n")
-
-    @classmethod
-    def restored(cls, folder: Path) -> SlideJob:
-        """The job an earlier server left in `folder`: finished as it was; one it never
-        finished (queued or running when it stopped, or killed) is failed, and its upload and
-        partial results are deleted. A folder from before job.json is done if its result has a
-        summary.json (written last, as the job's public summary)."""
-        from histodetect.slides.outputs import is_finished
-
-        try:
-            state = json.loads((folder / JOB_FILE).read_text(encoding="utf-8"))
-            job = cls(folder=folder, **{key: state[key] for key in _SAVED})
-            job.created_s = float(state["created_s"])
-            result = state["result"]
-            _check_state(job, result)
-        except (OSError, ValueError, KeyError, TypeError):  # from before job.json, or damaged
-            job, result = cls(folder.name, "unknown slide", folder), None
-            with contextlib.suppress(OSError):  # a folder deleted meanwhile: oldest then
-                job.created_s = folder.stat().st_mtime
-            for summary_file in sorted(folder.glob(f"result/*/{OUTPUT_FILES['summary']}")):
-                if summary_file.parent.name.startswith("."):  # a temporary folder, not renamed
-                    continue
-                job.status = job.stage = "done"
-                result = summary_file.parent.name
-                with contextlib.suppress(OSError, ValueError, AttributeError):
-                    job.summary = json.loads(summary_file.read_text(encoding="utf-8"))
-                    job.slide = str(job.summary.get("slide", job.slide))
-        job.id = folder.name
-        if job.status == "done":
-            job.result = folder / "result" / str(result)
-            if not isinstance(job.summary, dict) or not is_finished(job.result):
-                job.result = None
-                job.error = "the slide's results were deleted from the server; submit it again."
-                job.status = job.stage = "failed"
-        elif job.status != "failed":
-            job.error = "the server stopped before the slide was done; submit it again."
-            job.status = job.stage = "failed"
-        if job.status == "failed":
-            job.summary, job.result = None, None
-            for part in ("upload", "result"):
-                shutil.rmtree(folder / part, ignore_errors=True)
-        return job
-
-
-def _check_state(job: SlideJob, result: object) -> None:
-    """Raise TypeError unless a job read from job.json holds values of the types it serves
-    (a hand-edited "tiles_total": "x" made every poll of the job a 500)."""
-    texts = (job.id, job.slide, job.status, job.stage)
-    counts_ok = isinstance(job.tiles_scored, int) and isinstance(job.tiles_total, int | None)
-    if (
-        not all(isinstance(text, str) for text in texts)
-        or not counts_ok
-        or not isinstance(job.error, str | None)
-        or not isinstance(job.summary, dict | None)
-        or not isinstance(result, str | None)
-        or not math.isfinite(job.created_s)
-    ):
-        raise TypeError("not a job's state")
 
 
 class SlideJobs:
@@ -190,7 +64,7 @@ class SlideJobs:
             return
         from histodetect.atomic import remove_stale
 
-        folders = [p for p in self.jobs_dir.iterdir() if p.is_dir() and _JOB_ID.fullmatch(p.name)]
+        folders = [p for p in self.jobs_dir.iterdir() if p.is_dir() and JOB_ID.fullmatch(p.name)]
         for folder in folders:
             remove_stale(folder / JOB_FILE)  # a job.json write killed half-way
         for job in sorted(map(SlideJob.restored, folders), key=lambda job: job.created_s):
@@ -366,7 +240,7 @@ def count_tissue_tiles(slide: Path, spec: ModelSpec, options: SlideOptions) -> i
         slide_mpp, source = resolve_slide_mpp(reader, options.mpp)
         grid = plan_grid(
             reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px,
-            mpp_given=source == "--mpp",
+            mpp_source=source,
         )  # fmt: skip
         _, _, fractions = mask_cells(reader, grid, mask_px_per_cell(grid))
     return int((fractions >= MIN_TISSUE_FRACTION).sum())
@@ -423,7 +297,7 @@ def check_slide(slide: Path, name: str, spec: ModelSpec, options: SlideOptions) 
             slide_mpp, source = resolve_slide_mpp(reader, options.mpp)
             plan_grid(
                 reader, slide_mpp, model_mpp(spec), options.stride_px, spec.patch_size_px,
-                mpp_given=source == "--mpp",
+                mpp_source=source,
             )  # fmt: skip
     except HistodetectError as exc:
         raise ApiError(422, api_wording(str(exc).replace(str(slide), name)), name) from None

@@ -135,7 +135,7 @@ def analyse_slide(
     spec = predictor.spec
     grid = plan_grid(
         reader, slide_mpp, model_mpp(spec), stride_px, spec.patch_size_px,
-        mpp_given=source == "--mpp",
+        mpp_source=source,
     )  # fmt: skip
     times = StageTimes()
     k = mask_px_per_cell(grid)

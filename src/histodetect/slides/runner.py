@@ -120,32 +120,7 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> dic
                 "one, or run them with different --out."
             )
         folders[name] = path
-        folder = out / name
-        if folder.exists() and not folder.is_dir():
-            raise HistodetectError(
-                f"{folder} is a file, not a slide result, where {path}'s results go; move it "
-                "away or choose another --out (nothing was changed)."
-            )
-        own, finished = is_own_result(folder), is_finished(folder)
-        unfinished = folder.is_dir() and not finished and any(folder.iterdir())
-        if unfinished and own and not options.overwrite:
-            raise HistodetectError(
-                f"{folder} holds an incomplete slide result (one of the files histodetect "
-                "writes is missing or damaged); --overwrite redoes it."
-            )
-        if unfinished and not own:
-            raise HistodetectError(
-                f"{folder} exists but holds no finished slide result (one of its files is "
-                "missing or summary.json is not the one histodetect writes); move it away or "
-                "choose another --out."
-            )
-        foreign = foreign_entries(folder, SLIDE_OUTPUTS) if finished else []
-        if options.overwrite and foreign:
-            raise HistodetectError(
-                f"{folder} also holds {foreign[0]}, which histodetect did not write, so "
-                "--overwrite will not replace it; move that away or choose another --out "
-                "(nothing was changed)."
-            )
+        _check_result_folder(out / name, path, options.overwrite)
     unreadable: dict[Path, str] = {}
     for path in paths:
         try:
@@ -156,6 +131,36 @@ def check_slides(paths: Sequence[Path], out: Path, options: SlideOptions) -> dic
     if unreadable and len(unreadable) == len(paths):
         raise HistodetectError(next(iter(unreadable.values())))
     return unreadable
+
+
+def _check_result_folder(folder: Path, path: Path, overwrite: bool) -> None:
+    """Refuse, before any work, an output folder for slide `path` that a run cannot use: a
+    file, an incomplete result (without --overwrite), or files histodetect did not write."""
+    if folder.exists() and not folder.is_dir():
+        raise HistodetectError(
+            f"{folder} is a file, not a slide result, where {path}'s results go; move it "
+            "away or choose another --out (nothing was changed)."
+        )
+    own, finished = is_own_result(folder), is_finished(folder)
+    unfinished = folder.is_dir() and not finished and any(folder.iterdir())
+    if unfinished and own and not overwrite:
+        raise HistodetectError(
+            f"{folder} holds an incomplete slide result (one of the files histodetect "
+            "writes is missing or damaged); --overwrite redoes it."
+        )
+    if unfinished and not own:
+        raise HistodetectError(
+            f"{folder} exists but holds no finished slide result (one of its files is "
+            "missing or summary.json is not the one histodetect writes); move it away or "
+            "choose another --out."
+        )
+    foreign = foreign_entries(folder, SLIDE_OUTPUTS) if finished else []
+    if overwrite and foreign:
+        raise HistodetectError(
+            f"{folder} also holds {foreign[0]}, which histodetect did not write, so "
+            "--overwrite will not replace it; move that away or choose another --out "
+            "(nothing was changed)."
+        )
 
 
 def run_slides(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -111,29 +112,17 @@ def plan_grid(
     stride_px: int,
     patch_size_px: int,
     *,
-    mpp_given: bool = False,
+    mpp_source: str = "metadata",
 ) -> Grid:
     """The cell grid of a slide, read from the level nearest the model's resolution
-    (`mpp_given`: `slide_mpp` came from --mpp, not from the slide).
+    (`mpp_source`: where `slide_mpp` came from, "metadata" or "--mpp").
 
     Raises:
         HistodetectError: an unusable --stride-px, or a slide smaller than one cell.
     """
     check_stride(stride_px, patch_size_px)
     f = model_mpp / slide_mpp
-    if f < 1 / MAX_UPSAMPLING:
-        if mpp_given:  # the user's number, not the file's: "records" sent them to the file
-            raise HistodetectError(
-                f"--mpp {slide_mpp:g} is {1 / f:.0f}x coarser than the model's {model_mpp:g} "
-                f"µm/px: {reader.path}'s tiles would be blown up {1 / f:.0f}x; give the "
-                "scanner's resolution (about 0.25 at 40x, 0.5 at 20x)."
-            )
-        raise HistodetectError(
-            f"{reader.path} records {slide_mpp:g} µm/px, {1 / f:.0f}x coarser than the model's "
-            f"{model_mpp:g} µm/px: its tiles would be blown up {1 / f:.0f}x (a print "
-            "resolution such as 300 dpi reads as 84.7 µm/px); pass --mpp with the scanner's "
-            "resolution."
-        )
+    _check_not_too_coarse(reader.path, slide_mpp, model_mpp, mpp_source)
     level = pick_level(reader.level_downsamples, f)
     downsample = reader.level_downsamples[level]
     scale = f / downsample
@@ -232,4 +221,23 @@ def _concat(batches: list[TileBatch]) -> TileBatch:
         np.concatenate([b.rows for b in batches]),
         np.concatenate([b.cols for b in batches]),
         np.concatenate([b.pixels for b in batches]),
+    )
+
+
+def _check_not_too_coarse(path: Path, slide_mpp: float, model_mpp: float, source: str) -> None:
+    """Refuse a resolution whose tiles would be blown up more than MAX_UPSAMPLING times,
+    naming where it came from (a --mpp given is the user's number, not the file's)."""
+    times = slide_mpp / model_mpp
+    if times <= MAX_UPSAMPLING:
+        return
+    if source == "--mpp":
+        raise HistodetectError(
+            f"--mpp {slide_mpp:g} is {times:.0f}x coarser than the model's {model_mpp:g} "
+            f"µm/px: {path}'s tiles would be blown up {times:.0f}x; give the scanner's "
+            "resolution (about 0.25 at 40x, 0.5 at 20x)."
+        )
+    raise HistodetectError(
+        f"{path} records {slide_mpp:g} µm/px, {times:.0f}x coarser than the model's "
+        f"{model_mpp:g} µm/px: its tiles would be blown up {times:.0f}x (a print resolution "
+        "such as 300 dpi reads as 84.7 µm/px); pass --mpp with the scanner's resolution."
     )
