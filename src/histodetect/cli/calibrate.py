@@ -21,7 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from histodetect.data.store import open_store
-    from histodetect.evaluation.evaluate import calibrate, resolve_split
+    from histodetect.evaluation.eval_splits import resolve_split
+    from histodetect.evaluation.evaluate import calibrate
     from histodetect.models.checkpoint import load_checkpoint
 
     loaded, store = load_checkpoint(args.model), open_store(args.data)
